@@ -1,0 +1,63 @@
+"""Build the Cython CPU core, with OpenMP where the compiler has it.
+
+No -march=native: one build must run on any CPU of its architecture.
+"""
+
+import os
+import tempfile
+import warnings
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+def _openmp_flags(compiler) -> tuple[list[str], list[str]]:
+    """(compile, link) flags for OpenMP, or two empty lists where it does not build."""
+    if compiler.compiler_type == "msvc":
+        return ["/openmp"], []
+    flags = ["-fopenmp"]
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "omp_check.c")
+        with open(source, "w") as f:
+            f.write("#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+        try:
+            objects = compiler.compile([source], output_dir=tmp, extra_postargs=flags)
+            compiler.link_executable(objects, "omp_check", output_dir=tmp, extra_postargs=flags)
+        except Exception:  # noqa: BLE001 - any compiler or linker failure means no OpenMP
+            return [], []
+    return flags, flags
+
+
+class BuildExt(build_ext):
+    def build_extensions(self) -> None:
+        compile_flags, link_flags = _openmp_flags(self.compiler)
+        if not compile_flags:
+            warnings.warn(
+                "the C compiler has no OpenMP: xentcy's CPU core is built single-threaded",
+                stacklevel=1,
+            )
+        optimise = ["/O2"] if self.compiler.compiler_type == "msvc" else ["-O3"]
+        for ext in self.extensions:
+            ext.extra_compile_args = optimise + compile_flags + ext.extra_compile_args
+            ext.extra_link_args = link_flags + ext.extra_link_args
+        super().build_extensions()
+
+
+extensions = [
+    Extension(
+        "xentcy._cpu._core",
+        ["xentcy/_cpu/_core.pyx"],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
+    )
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives={"language_level": 3},
+        annotate=bool(os.environ.get("XENTCY_ANNOTATE")),
+        quiet=True,
+    ),
+    cmdclass={"build_ext": BuildExt},
+)

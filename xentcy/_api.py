@@ -1,0 +1,298 @@
+"""The public functions: check the arguments once, dispatch, reduce."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from . import _checks, _dispatch
+
+Reduction = Literal["mean", "sum", "none"]
+
+
+def _prepare_rows(x: Any, axis: int) -> tuple[Any, Any, int]:
+    xp = _dispatch.namespace(x=x)
+    backend = _dispatch.backend(xp)
+    _checks.check_logits(xp, x, "x", getattr(backend, "DTYPES", None))
+    return xp, backend, _checks.normalize_axis(axis, x.ndim)
+
+
+def softmax(x: Any, /, *, axis: int = -1) -> Any:
+    """Softmax along ``axis``: exp(x) / sum(exp(x)), computed in max-shifted form.
+
+    Parameters
+    ----------
+    x : array
+        Real floating array of any array-API library, at least 1-D.
+    axis : int, default -1
+        The class axis.
+
+    Returns
+    -------
+    array
+        Probabilities of x's shape, dtype, library and device; each slice
+        along ``axis`` sums to 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xentcy as xc
+    >>> xc.softmax(np.array([2.0, 1.0, 0.1])).round(3)
+    array([0.659, 0.242, 0.099])
+    """
+    xp, backend, ax = _prepare_rows(x, axis)
+    return backend.softmax(xp, x, ax, False)
+
+
+def log_softmax(x: Any, /, *, axis: int = -1) -> Any:
+    """Logarithm of :func:`softmax` along ``axis``: (x - m) - log(sum(exp(x - m))).
+
+    Parameters
+    ----------
+    x : array
+        Real floating array of any array-API library, at least 1-D.
+    axis : int, default -1
+        The class axis.
+
+    Returns
+    -------
+    array
+        Log-probabilities of x's shape, dtype, library and device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xentcy as xc
+    >>> xc.log_softmax(np.array([0.0, 0.0])).round(4)
+    array([-0.6931, -0.6931])
+    """
+    xp, backend, ax = _prepare_rows(x, axis)
+    return backend.softmax(xp, x, ax, True)
+
+
+def logsumexp(x: Any, /, *, axis: int = -1, keepdims: bool = False) -> Any:
+    """log(sum(exp(x))) along ``axis``, without overflow.
+
+    Parameters
+    ----------
+    x : array
+        Real floating array of any array-API library, at least 1-D.
+    axis : int, default -1
+        The axis to reduce.
+    keepdims : bool, default False
+        Keep the reduced axis with length 1.
+
+    Returns
+    -------
+    array
+        x's shape without ``axis`` (or with length 1 there), x's dtype.
+        A slice of all -inf gives -inf.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xentcy as xc
+    >>> xc.logsumexp(np.array([[1000.0, 1000.0], [0.0, -np.inf]]))
+    array([1000.69314718,    0.        ])
+    """
+    xp, backend, ax = _prepare_rows(x, axis)
+    return backend.logsumexp(xp, x, ax, bool(keepdims))
+
+
+def _prepare_cross_entropy(
+    logits: Any,
+    target: Any,
+    axis: Any,
+    weight: Any,
+    ignore_index: Any,
+    label_smoothing: Any,
+    reduction: Any,
+    out: Any = None,
+) -> tuple[Any, _checks.CrossEntropyCall, float]:
+    xp = _dispatch.namespace(logits=logits, target=target, out=out)
+    backend = _dispatch.backend(xp)
+    call = _checks.check_cross_entropy(
+        xp,
+        logits,
+        target,
+        axis=axis,
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+        dtypes=getattr(backend, "DTYPES", None),
+    )
+    return backend, call, _checks.denominator(call)
+
+
+def cross_entropy(
+    logits: Any,
+    target: Any,
+    /,
+    *,
+    axis: int = -1,
+    weight: Any = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: Reduction = "mean",
+) -> Any:
+    """Softmax cross-entropy loss of ``logits`` against ``target``.
+
+    The forward pass alone: no array of the logits' size is allocated.
+
+    Parameters
+    ----------
+    logits : array
+        Real floating array (float32 or float64; float16 and bfloat16 on
+        the GPU), at least 1-D; C = ``logits.shape[axis]`` classes.
+    target : array or int
+        Class indices (one dimension fewer than logits, integers in
+        [0, C) or equal to ``ignore_index``) or class probabilities (the
+        logits' shape, any real dtype, e.g. one-hot rows).
+    axis : int, default -1
+        The class axis; every other axis is a batch axis (PyTorch's
+        (N, C, d1, ...) layout is ``axis=1``).
+    weight : array or list, optional
+        C class weights, as in ``torch.nn.functional.cross_entropy``.
+    ignore_index : int, default -100
+        Class-index targets equal to it add nothing to the loss or the mean's
+        denominator.
+    label_smoothing : float, default 0.0
+        ε in [0, 1]: the target distribution q becomes (1 - ε) q + ε / C.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" divides the sum of the per-sample losses by the sum of the
+        target classes' weights (class indices) or the number of samples
+        (probabilities); "none" returns the per-sample losses.
+
+    Returns
+    -------
+    array
+        A 0-d array ("mean", "sum") or the per-sample losses shaped like the
+        batch axes ("none"), of the logits' dtype, library and device.
+
+    Raises
+    ------
+    TypeError
+        Non-floating logits, a non-integer class-index target, arrays of
+        different libraries.
+    ValueError
+        Mismatched shapes, a class index out of range, an unknown reduction,
+        a smoothing outside [0, 1], a weight of the wrong size.
+
+    Examples
+    --------
+    The worked example of the spec (classes count from 0):
+
+    >>> import numpy as np
+    >>> import xentcy as xc
+    >>> A = np.array([[2.0, 1.0, 0.1], [0.1, 2.0, 1.9]])
+    >>> xc.cross_entropy(A, np.array([1, 0])).round(3)
+    array(2.019)
+    >>> xc.cross_entropy(A, np.array([[0, 1, 0], [1, 0, 0]]), reduction="none").round(3)
+    array([1.417, 2.62 ])
+    """
+    backend, call, denom = _prepare_cross_entropy(
+        logits, target, axis, weight, ignore_index, label_smoothing, reduction
+    )
+    losses, _ = backend.cross_entropy_rows(call, want_grad=False, out=None, grad_scale=0.0)
+    return _checks.reduce_losses(call, losses, denom)
+
+
+def loss_and_grad(
+    logits: Any,
+    target: Any,
+    /,
+    *,
+    axis: int = -1,
+    weight: Any = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: Reduction = "mean",
+    out: Any = None,
+    inplace: bool = False,
+) -> tuple[Any, Any]:
+    """The loss and its gradient with respect to ``logits``, in one fused pass.
+
+    Arguments as :func:`cross_entropy`, and:
+
+    Parameters
+    ----------
+    out : array, optional
+        A writable buffer of the logits' shape, dtype and library that
+        receives the gradient; it is returned as ``grad``.
+    inplace : bool, default False
+        Write the gradient over ``logits`` and return ``logits`` as ``grad``:
+        no buffer of the logits' size is allocated.
+
+    Returns
+    -------
+    loss : array
+        As :func:`cross_entropy` returns it.
+    grad : array
+        d loss / d logits, of the logits' shape and dtype. For
+        ``reduction="none"`` the gradient of the sum of the per-sample losses.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xentcy as xc
+    >>> A = np.array([[2.0, 1.0, 0.1], [0.1, 2.0, 1.9]])
+    >>> loss, grad = xc.loss_and_grad(A, np.array([1, 0]))
+    >>> grad.round(3)
+    array([[ 0.33 , -0.379,  0.049],
+           [-0.464,  0.243,  0.22 ]])
+    >>> G = np.empty_like(A)
+    >>> xc.loss_and_grad(A, np.array([1, 0]), out=G)[1] is G
+    True
+    """
+    backend, call, denom = _prepare_cross_entropy(
+        logits, target, axis, weight, ignore_index, label_smoothing, reduction, out
+    )
+    _checks.check_grad_output(
+        call, out, inplace, backend, {"logits": logits, "target": target, "weight": weight}
+    )
+    losses, grad = backend.cross_entropy_rows(
+        call,
+        want_grad=True,
+        out=logits if inplace else out,
+        grad_scale=_checks.gradient_scale(call, denom),
+    )
+    return _checks.reduce_losses(call, losses, denom), grad
+
+
+def cross_entropy_grad(
+    logits: Any,
+    target: Any,
+    /,
+    *,
+    axis: int = -1,
+    weight: Any = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: Reduction = "mean",
+) -> Any:
+    """The gradient of :func:`cross_entropy` with respect to ``logits``.
+
+    Arguments as :func:`cross_entropy`. For the spec's case (one-hot Y,
+    mean) it is (softmax(A) - Y) / N.
+
+    Returns
+    -------
+    array
+        A new array of the logits' shape, dtype, library and device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xentcy as xc
+    >>> xc.cross_entropy_grad(np.array([0.0, 0.0]), 1)
+    array([ 0.5, -0.5])
+    """
+    return loss_and_grad(
+        logits,
+        target,
+        axis=axis,
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+    )[1]

@@ -1,0 +1,297 @@
+"""Argument checks, normalisation and reduction rules, written once for every backend.
+
+Everything here is written with array-API calls on the caller's namespace ``xp``,
+so the same rules hold for NumPy, CuPy, PyTorch, JAX and the rest. Backends
+receive a :class:`CrossEntropyCall` and never re-check it.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+from array_api_compat import device
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+@dataclass(frozen=True)
+class CrossEntropyCall:
+    """A validated cross-entropy call, normalised for the backends.
+
+    ``target`` is either an int64 array of class indices shaped like
+    ``batch_shape`` (``class_indices`` true) or a probability array shaped like
+    ``logits`` in the logits' dtype. ``weight`` is None or a 1-D array of C
+    weights in the logits' namespace, device and dtype.
+    """
+
+    xp: Any
+    logits: Any
+    target: Any
+    class_indices: bool
+    axis: int
+    num_classes: int
+    batch_shape: tuple[int, ...]
+    weight: Any
+    ignore_index: int
+    label_smoothing: float
+    reduction: str
+
+    @property
+    def num_samples(self) -> int:
+        return math.prod(self.batch_shape)
+
+
+def library_name(x: Any) -> str:
+    """The name of the library an array comes from, for error messages."""
+    module = type(x).__module__.split(".")[0]
+    return module or type(x).__name__
+
+
+def _describe_dtype(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def check_logits(xp: Any, x: Any, name: str, dtypes: tuple[Any, ...] | None) -> None:
+    """Logits must be a real floating array of at least one dimension.
+
+    ``dtypes`` is the backend's supported set (None: every real floating dtype).
+    """
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(
+            f"{name} must be a real floating array (float32 or float64), got dtype {_describe_dtype(x.dtype)}"
+        )
+    if dtypes is not None and x.dtype not in dtypes:
+        allowed = ", ".join(_describe_dtype(d) for d in dtypes)
+        raise TypeError(
+            f"{name} must have one of the dtypes {allowed} for {library_name(x)} arrays, "
+            f"got {_describe_dtype(x.dtype)}"
+        )
+    if x.ndim < 1:
+        raise ValueError(f"{name} must have at least 1 dimension, got a 0-d array")
+
+
+def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
+    """``axis`` as a non-negative int below ``ndim``."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(axis).__name__}")
+    axis = int(axis)
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}={axis} is out of range for an array of {ndim} dimensions")
+    return axis % ndim
+
+
+def _check_options(ignore_index: Any, label_smoothing: Any, reduction: Any) -> tuple[int, float]:
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
+        raise TypeError(
+            f"label_smoothing must be a real number in [0, 1], got {type(label_smoothing).__name__}"
+        )
+    eps = float(label_smoothing)
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {eps}")
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of 'mean', 'sum', 'none', got {reduction!r}")
+    return int(ignore_index), eps
+
+
+def _check_weight(xp: Any, weight: Any, logits: Any, num_classes: int) -> Any:
+    """``weight`` converted to the logits' namespace, device and dtype."""
+    if weight is None:
+        return None
+    try:
+        w = xp.asarray(weight, device=device(logits))
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"weight must be a 1-D array or list of {num_classes} real numbers, got {type(weight).__name__}"
+        ) from err
+    if not (xp.isdtype(w.dtype, "real floating") or xp.isdtype(w.dtype, "integral")):
+        raise TypeError(f"weight must hold real numbers, got dtype {_describe_dtype(w.dtype)}")
+    if w.ndim != 1 or w.shape[0] != num_classes:
+        raise ValueError(
+            f"weight must be 1-D with one entry per class ({num_classes},), got shape {tuple(w.shape)}"
+        )
+    return xp.astype(w, logits.dtype, copy=False)
+
+
+def _check_class_indices(xp: Any, y: Any, num_classes: int, ignore_index: int) -> Any:
+    """int64 class indices, each in [0, C) or equal to ignore_index."""
+    if not xp.isdtype(y.dtype, "integral"):
+        raise TypeError(
+            "target with one dimension fewer than logits must hold integer class indices, "
+            f"got dtype {_describe_dtype(y.dtype)}"
+        )
+    y = xp.astype(y, xp.int64, copy=False)
+    kept = y != ignore_index
+    too_big = kept & (y >= num_classes)
+    too_small = kept & (y < 0)
+    bad = None
+    if bool(xp.any(too_big)):
+        bad = int(xp.max(xp.where(too_big, y, xp.zeros_like(y))))
+    elif bool(xp.any(too_small)):
+        bad = int(xp.min(xp.where(too_small, y, xp.zeros_like(y))))
+    if bad is not None:
+        raise ValueError(
+            f"target holds the class index {bad}, outside [0, {num_classes}) "
+            f"and not ignore_index={ignore_index}"
+        )
+    return y
+
+
+def _check_probabilities(xp: Any, q: Any, logits: Any) -> Any:
+    if not (
+        xp.isdtype(q.dtype, "real floating") or xp.isdtype(q.dtype, "integral") or xp.isdtype(q.dtype, "bool")
+    ):
+        raise TypeError(f"target of class probabilities must be real, got dtype {_describe_dtype(q.dtype)}")
+    if tuple(q.shape) != tuple(logits.shape):
+        raise ValueError(
+            "target of class probabilities must have the logits' shape "
+            f"{tuple(logits.shape)}, got {tuple(q.shape)}"
+        )
+    return xp.astype(q, logits.dtype, copy=False)
+
+
+def check_cross_entropy(
+    xp: Any,
+    logits: Any,
+    target: Any,
+    *,
+    axis: Any,
+    weight: Any,
+    ignore_index: Any,
+    label_smoothing: Any,
+    reduction: Any,
+    dtypes: tuple[Any, ...] | None,
+) -> CrossEntropyCall:
+    """Check every argument of a cross-entropy call; return it normalised."""
+    check_logits(xp, logits, "logits", dtypes)
+    ignore_index, eps = _check_options(ignore_index, label_smoothing, reduction)
+    ax = normalize_axis(axis, logits.ndim)
+    num_classes = int(logits.shape[ax])
+    if num_classes == 0:
+        raise ValueError(f"logits must have at least one class along axis {ax}, got C = 0")
+    batch_shape = tuple(int(n) for i, n in enumerate(logits.shape) if i != ax)
+    if isinstance(target, numbers.Integral) and not isinstance(target, bool):
+        target = xp.asarray(int(target), device=device(logits))
+    if not hasattr(target, "ndim"):
+        raise TypeError(f"target must be an array, got {type(target).__name__}")
+    if target.ndim == logits.ndim - 1:
+        if tuple(target.shape) != batch_shape:
+            raise ValueError(
+                "target of class indices must have the logits' shape without the class axis "
+                f"{batch_shape}, got {tuple(target.shape)}"
+            )
+        target = _check_class_indices(xp, target, num_classes, ignore_index)
+        class_indices = True
+    elif target.ndim == logits.ndim:
+        target = _check_probabilities(xp, target, logits)
+        class_indices = False
+    else:
+        raise ValueError(
+            f"target must have {logits.ndim - 1} dimensions (class indices) or {logits.ndim} "
+            f"(class probabilities) for {logits.ndim}-D logits, got {target.ndim}"
+        )
+    return CrossEntropyCall(
+        xp=xp,
+        logits=logits,
+        target=target,
+        class_indices=class_indices,
+        axis=ax,
+        num_classes=num_classes,
+        batch_shape=batch_shape,
+        weight=_check_weight(xp, weight, logits, num_classes),
+        ignore_index=ignore_index,
+        label_smoothing=eps,
+        reduction=reduction,
+    )
+
+
+def check_grad_output(
+    call: CrossEntropyCall, out: Any, inplace: bool, backend: Any, inputs: dict[str, Any]
+) -> None:
+    """``out=`` and ``inplace=`` must name a writable buffer shaped like the logits.
+
+    ``backend.writable(x)`` tells whether the backend can write into ``x`` and
+    ``backend.overlaps(x, y)`` whether x and y may share memory; ``inputs``
+    are the caller's other arrays by argument name, which ``out`` must not overlap.
+    """
+    writable, logits = backend.writable, call.logits
+    if not isinstance(inplace, bool):
+        raise TypeError(f"inplace must be True or False, got {type(inplace).__name__}")
+    if inplace:
+        if out is not None:
+            raise ValueError("give either out= or inplace=True, not both")
+        if not writable(logits):
+            raise ValueError(
+                f"inplace=True needs writable logits, got a read-only {library_name(logits)} array"
+            )
+        return
+    if out is None:
+        return
+    if type(out) is not type(logits):
+        raise TypeError(
+            f"out must be an array of the logits' library ({library_name(logits)}), "
+            f"got {type(out).__name__} from {library_name(out)}"
+        )
+    if tuple(out.shape) != tuple(logits.shape):
+        raise ValueError(f"out must have the logits' shape {tuple(logits.shape)}, got {tuple(out.shape)}")
+    if out.dtype != logits.dtype:
+        raise TypeError(
+            f"out must have the logits' dtype {_describe_dtype(logits.dtype)}, "
+            f"got {_describe_dtype(out.dtype)}"
+        )
+    if not writable(out):
+        raise ValueError(f"out must be writable, got a read-only {library_name(out)} array")
+    if out is logits:
+        return
+    for name, x in inputs.items():
+        if x is not None and type(x) is type(out) and backend.overlaps(out, x):
+            raise ValueError(f"out must not share memory with {name}")
+
+
+def denominator(call: CrossEntropyCall) -> float:
+    """D, what the mean divides by (torch's rule, api.md "Semantics").
+
+    Class indices: the sum of the target classes' weights over the samples that
+    are not ignored (their count without weights). Probabilities: the number of
+    samples. Accumulated in float64.
+    """
+    xp = call.xp
+    if not call.class_indices:
+        return float(call.num_samples)
+    y = call.target
+    kept = y != call.ignore_index
+    if call.weight is None:
+        return float(xp.sum(xp.astype(kept, xp.int64)))
+    safe = xp.where(kept, y, xp.zeros_like(y))
+    w_y = xp.take(call.weight, xp.reshape(safe, (-1,)))
+    w_y = xp.where(xp.reshape(kept, (-1,)), w_y, xp.zeros_like(w_y))
+    return float(xp.sum(xp.astype(w_y, xp.float64)))
+
+
+def gradient_scale(call: CrossEntropyCall, denom: float) -> float:
+    """The factor in front of each sample's gradient: 1/D for the mean, else 1.
+
+    D = 0 gives 0: every sample then has zero weight or is ignored, and the
+    gradient is all zeros (a finite choice, where torch gives NaN).
+    """
+    if call.reduction != "mean":
+        return 1.0
+    return 0.0 if denom == 0 else 1.0 / denom
+
+
+def reduce_losses(call: CrossEntropyCall, losses: Any, denom: float) -> Any:
+    """Apply ``reduction`` to the per-sample losses (float64, shaped like the batch).
+
+    The result has the logits' dtype: a 0-d array for "mean" and "sum".
+    """
+    xp, dtype = call.xp, call.logits.dtype
+    if call.reduction == "none":
+        return xp.astype(losses, dtype)
+    total = xp.sum(losses)
+    if call.reduction == "mean":
+        total = total / denom if denom != 0 else total * math.nan
+    return xp.astype(xp.asarray(total), dtype)

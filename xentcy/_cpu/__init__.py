@@ -1,0 +1,114 @@
+"""The NumPy backend: lays arrays out as (N, C) rows and runs the Cython core.
+
+No copy is made when the class axis is last with unit stride (rows may have
+any stride); other layouts are copied to contiguous rows first.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from . import _core
+
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def writable(x: Any) -> bool:
+    return isinstance(x, np.ndarray) and x.flags.writeable
+
+
+def overlaps(x: Any, y: Any) -> bool:
+    """Whether writing x could change y (x being y itself excluded by the caller)."""
+    return np.may_share_memory(x, y)
+
+
+def _rows_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int]:
+    num_classes = shape[axis]
+    return math.prod(shape) // num_classes if num_classes else 0, num_classes
+
+
+def _rows(x: np.ndarray, axis: int) -> np.ndarray:
+    """An (N, C) view of x with the class axis last and unit stride, or a copy."""
+    shape = _rows_shape(x.shape, axis)
+    moved = np.moveaxis(x, axis, -1)
+    try:
+        rows = np.reshape(moved, shape, copy=False)
+    except ValueError:
+        return np.ascontiguousarray(moved).reshape(shape)
+    if shape[1] > 1 and rows.strides[1] != rows.itemsize:
+        return np.ascontiguousarray(rows)
+    return rows
+
+
+class _RowsOut:
+    """Where a kernel writes (N, C) rows that belong in ``dest`` (class axis ``axis``).
+
+    ``rows`` is a view into dest where dest's layout allows, else a scratch
+    buffer that :meth:`finish` copies into dest.
+    """
+
+    def __init__(self, dest: np.ndarray, axis: int) -> None:
+        self.dest, self.axis = dest, axis
+        shape = _rows_shape(dest.shape, axis)
+        try:
+            rows = np.reshape(np.moveaxis(dest, axis, -1), shape, copy=False)
+        except ValueError:
+            rows = None
+        if rows is not None and shape[1] > 1 and rows.strides[1] != rows.itemsize:
+            rows = None
+        self.scratch = rows is None
+        self.rows = np.empty(shape, dest.dtype) if self.scratch else rows
+
+    def finish(self) -> np.ndarray:
+        if self.scratch:
+            moved = np.moveaxis(self.dest, self.axis, -1)
+            np.copyto(moved, self.rows.reshape(moved.shape))
+        return self.dest
+
+
+def softmax(xp: Any, x: np.ndarray, axis: int, log_space: bool) -> np.ndarray:
+    out = _RowsOut(np.empty_like(x), axis)
+    _core.softmax(_rows(x, axis), out.rows, log_space)
+    return out.finish()
+
+
+def logsumexp(xp: Any, x: np.ndarray, axis: int, keepdims: bool) -> np.ndarray:
+    rows = _rows(x, axis)
+    out = np.empty(rows.shape[0], x.dtype)
+    _core.logsumexp(rows, out)
+    batch_shape = x.shape[:axis] + x.shape[axis + 1 :]
+    out = out.reshape(batch_shape)
+    return np.expand_dims(out, axis) if keepdims else out
+
+
+def cross_entropy_rows(
+    call: Any, *, want_grad: bool, out: np.ndarray | None, grad_scale: float
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-sample losses (float64, batch-shaped) and, where ``want_grad``, the gradient.
+
+    The gradient, times ``grad_scale``, goes into ``out`` (which may be the
+    logits themselves) or, where ``out`` is None, into a new array.
+    """
+    logits, axis = call.logits, call.axis
+    a = _rows(logits, axis)
+    n_rows = a.shape[0]
+    loss = np.empty(n_rows, np.float64)
+    grad = None
+    if want_grad:
+        grad = _RowsOut(np.empty_like(logits) if out is None else out, axis)
+    g = grad.rows if grad is not None else np.empty((0, 0), logits.dtype)
+    has_weight = call.weight is not None
+    weight = np.ascontiguousarray(call.weight) if has_weight else np.empty(0, logits.dtype)
+    eps = call.label_smoothing
+    if call.class_indices:
+        y = np.ascontiguousarray(call.target, dtype=np.intp).reshape(n_rows)
+        _core.cross_entropy_index(
+            a, y, weight, has_weight, eps, call.ignore_index, grad_scale, g, want_grad, loss
+        )
+    else:
+        q = _rows(call.target, axis)
+        _core.cross_entropy_prob(a, q, weight, has_weight, eps, grad_scale, g, want_grad, loss)
+    return loss.reshape(call.batch_shape), (grad.finish() if grad is not None else None)

@@ -1,0 +1,56 @@
+"""Which backend computes a call: chosen once from the array namespace of its arguments.
+
+array-api-compat's ``is_*_namespace`` helpers look only at modules already
+imported, so xentcy never imports CuPy, torch, JAX or Dask itself.
+"""
+
+from __future__ import annotations
+
+import numbers
+from types import ModuleType
+from typing import Any
+
+import array_api_compat
+from array_api_compat import array_namespace
+
+from ._checks import library_name
+
+
+def namespace(**arrays: Any) -> Any:
+    """The one array-API namespace of the named arrays (Python scalars and lists aside).
+
+    Arrays of two different libraries raise a TypeError that names both.
+    """
+    seen: dict[Any, tuple[str, Any]] = {}
+    for name, x in arrays.items():
+        if x is None or isinstance(x, (numbers.Number, list, tuple)):
+            continue
+        try:
+            xp = array_namespace(x)
+        except TypeError:
+            raise TypeError(
+                f"{name} must be an array of an array-API library (NumPy, CuPy, PyTorch, JAX, ...), "
+                f"got {type(x).__name__}"
+            ) from None
+        if seen and xp not in seen:
+            ((first_name, first),) = seen.values()
+            raise TypeError(
+                f"{first_name} and {name} come from different array libraries: {first_name} is a "
+                f"{library_name(first)} array and {name} is a {library_name(x)} array; "
+                "convert one to the other's library"
+            )
+        seen.setdefault(xp, (name, x))
+    if not seen:
+        raise TypeError("expected at least one array argument, got none")
+    return next(iter(seen))
+
+
+def backend(xp: Any) -> ModuleType:
+    """The module that computes for namespace ``xp``."""
+    if array_api_compat.is_numpy_namespace(xp):
+        from . import _cpu
+
+        return _cpu
+    from . import _generic
+
+    return _generic

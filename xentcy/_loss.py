@@ -1,0 +1,111 @@
+"""CrossEntropyLoss: the forward/backward protocol of the spec, on the fused pass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._api import Reduction, loss_and_grad, softmax
+
+
+class CrossEntropyLoss:
+    """Softmax cross-entropy as a layer: ``L = loss.forward(A, Y)``, ``dLdA = loss.backward()``.
+
+    ``forward`` computes the loss and its gradient in one fused pass
+    (:func:`xentcy.loss_and_grad`), so ``backward`` costs nothing more.
+
+    Parameters
+    ----------
+    axis, weight, ignore_index, label_smoothing, reduction
+        As in :func:`xentcy.cross_entropy`.
+
+    Attributes
+    ----------
+    A, Y : array
+        The logits and target of the last ``forward`` (references, not copies).
+    N : int
+        The number of samples of the last ``forward`` (the product of the batch axes).
+    C : int
+        The number of classes of the last ``forward``.
+    softmax : array
+        softmax(A) along ``axis``, computed when first read.
+
+    Examples
+    --------
+    The spec's worked example:
+
+    >>> import numpy as np
+    >>> import xentcy
+    >>> A = np.array([[2.0, 1.0, 0.1], [0.1, 2.0, 1.9]])
+    >>> Y = np.array([[0, 1, 0], [1, 0, 0]])
+    >>> xent = xentcy.CrossEntropyLoss()
+    >>> L = xent.forward(A, Y)
+    >>> L.round(4)
+    array(2.0185)
+    >>> xent.backward().round(3)
+    array([[ 0.33 , -0.379,  0.049],
+           [-0.464,  0.243,  0.22 ]])
+    >>> xent.softmax.round(3)
+    array([[0.659, 0.242, 0.099],
+           [0.073, 0.487, 0.44 ]])
+    """
+
+    def __init__(
+        self,
+        *,
+        axis: int = -1,
+        weight: Any = None,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        reduction: Reduction = "mean",
+    ) -> None:
+        self.axis = axis
+        self.weight = weight
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+        self.reduction = reduction
+        self.A: Any = None
+        self.Y: Any = None
+        self.N: int | None = None
+        self.C: int | None = None
+        self._grad: Any = None
+        self._softmax: Any = None
+
+    def __repr__(self) -> str:
+        return (
+            f"CrossEntropyLoss(axis={self.axis}, weight={self.weight!r}, "
+            f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, "
+            f"reduction={self.reduction!r})"
+        )
+
+    def forward(self, A: Any, Y: Any) -> Any:
+        """The loss of logits ``A`` against target ``Y``; keeps the gradient for :meth:`backward`."""
+        loss, grad = loss_and_grad(
+            A,
+            Y,
+            axis=self.axis,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            reduction=self.reduction,
+        )
+        self.A, self.Y, self._grad, self._softmax = A, Y, grad, None
+        self.C = int(A.shape[self.axis])
+        self.N = int(A.size // self.C) if self.C else 0
+        return loss
+
+    __call__ = forward
+
+    def backward(self) -> Any:
+        """dL/dA of the last :meth:`forward`: (softmax(A) - Y) / N in the spec's case."""
+        if self._grad is None:
+            raise RuntimeError("CrossEntropyLoss.backward() needs a forward(A, Y) call first")
+        return self._grad
+
+    @property
+    def softmax(self) -> Any:
+        """softmax(A) along ``axis`` of the last :meth:`forward`, computed on first read."""
+        if self.A is None:
+            raise RuntimeError("CrossEntropyLoss.softmax needs a forward(A, Y) call first")
+        if self._softmax is None:
+            self._softmax = softmax(self.A, axis=self.axis)
+        return self._softmax
