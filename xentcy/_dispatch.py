@@ -51,6 +51,10 @@ def backend(xp: Any) -> ModuleType:
         from . import _cpu
 
         return _cpu
+    if array_api_compat.is_cupy_namespace(xp):
+        from . import _cuda
+
+        return _cuda
     from . import _generic
 
     return _generic
