@@ -117,28 +117,32 @@ def _check_weight(xp: Any, weight: Any, logits: Any, num_classes: int) -> Any:
     return xp.astype(w, logits.dtype, copy=False)
 
 
-def _check_class_indices(xp: Any, y: Any, num_classes: int, ignore_index: int) -> Any:
-    """int64 class indices, each in [0, C) or equal to ignore_index."""
+def _check_class_index_dtype(xp: Any, y: Any) -> Any:
+    """Class indices as int64; their values are checked by :func:`denominator`."""
     if not xp.isdtype(y.dtype, "integral"):
         raise TypeError(
             "target with one dimension fewer than logits must hold integer class indices, "
             f"got dtype {_describe_dtype(y.dtype)}"
         )
-    y = xp.astype(y, xp.int64, copy=False)
-    kept = y != ignore_index
+    return xp.astype(y, xp.int64, copy=False)
+
+
+def check_class_index_values(call: CrossEntropyCall) -> None:
+    """Every class index is in [0, C) or equal to ignore_index (one read-back of a flag)."""
+    xp, y, num_classes = call.xp, call.target, call.num_classes
+    kept = y != call.ignore_index
+    bad = kept & ((y < 0) | (y >= num_classes))
+    if not bool(xp.any(bad)):
+        return
     too_big = kept & (y >= num_classes)
-    too_small = kept & (y < 0)
-    bad = None
     if bool(xp.any(too_big)):
-        bad = int(xp.max(xp.where(too_big, y, xp.zeros_like(y))))
-    elif bool(xp.any(too_small)):
-        bad = int(xp.min(xp.where(too_small, y, xp.zeros_like(y))))
-    if bad is not None:
-        raise ValueError(
-            f"target holds the class index {bad}, outside [0, {num_classes}) "
-            f"and not ignore_index={ignore_index}"
-        )
-    return y
+        value = int(xp.max(xp.where(too_big, y, xp.zeros_like(y))))
+    else:
+        value = int(xp.min(xp.where(bad, y, xp.zeros_like(y))))
+    raise ValueError(
+        f"target holds the class index {value}, outside [0, {num_classes}) "
+        f"and not ignore_index={call.ignore_index}"
+    )
 
 
 def _check_probabilities(xp: Any, q: Any, logits: Any) -> Any:
@@ -184,7 +188,7 @@ def check_cross_entropy(
                 "target of class indices must have the logits' shape without the class axis "
                 f"{batch_shape}, got {tuple(target.shape)}"
             )
-        target = _check_class_indices(xp, target, num_classes, ignore_index)
+        target = _check_class_index_dtype(xp, target)
         class_indices = True
     elif target.ndim == logits.ndim:
         target = _check_probabilities(xp, target, logits)
@@ -253,7 +257,8 @@ def check_grad_output(
 
 
 def denominator(call: CrossEntropyCall) -> float:
-    """D, what the mean divides by (torch's rule, api.md "Semantics").
+    """D, what the mean divides by (torch's rule, api.md "Semantics"), after checking
+    that every class index is in range (D needs every index anyway).
 
     Class indices: the sum of the target classes' weights over the samples that
     are not ignored (their count without weights). Probabilities: the number of
@@ -262,6 +267,7 @@ def denominator(call: CrossEntropyCall) -> float:
     xp = call.xp
     if not call.class_indices:
         return float(call.num_samples)
+    check_class_index_values(call)
     y = call.target
     kept = y != call.ignore_index
     if call.weight is None:
@@ -272,26 +278,35 @@ def denominator(call: CrossEntropyCall) -> float:
     return float(xp.sum(xp.astype(w_y, xp.float64)))
 
 
-def gradient_scale(call: CrossEntropyCall, denom: float) -> float:
+def gradient_scale(call: CrossEntropyCall, denom: Any) -> Any:
     """The factor in front of each sample's gradient: 1/D for the mean, else 1.
 
     D = 0 gives 0: every sample then has zero weight or is ignored, and the
-    gradient is all zeros (a finite choice, where torch gives NaN).
+    gradient is all zeros (a finite choice, where torch gives NaN). ``denom``
+    is a float, or a lazy 0-d array (Dask), for which the result is one too.
     """
     if call.reduction != "mean":
         return 1.0
-    return 0.0 if denom == 0 else 1.0 / denom
+    if isinstance(denom, float):
+        return 0.0 if denom == 0 else 1.0 / denom
+    nonzero = denom != 0
+    return call.xp.where(nonzero, 1.0 / call.xp.where(nonzero, denom, 1.0), 0.0)
 
 
-def reduce_losses(call: CrossEntropyCall, losses: Any, denom: float) -> Any:
+def reduce_losses(call: CrossEntropyCall, losses: Any, denom: Any) -> Any:
     """Apply ``reduction`` to the per-sample losses (float64, shaped like the batch).
 
-    The result has the logits' dtype: a 0-d array for "mean" and "sum".
+    The result has the logits' dtype: a 0-d array for "mean" and "sum"; the
+    mean is NaN where D = 0. ``denom`` may be a lazy 0-d array (Dask).
     """
     xp, dtype = call.xp, call.logits.dtype
     if call.reduction == "none":
         return xp.astype(losses, dtype)
     total = xp.sum(losses)
     if call.reduction == "mean":
-        total = total / denom if denom != 0 else total * math.nan
-    return xp.astype(xp.asarray(total), dtype)
+        d = xp.asarray(denom, dtype=total.dtype, device=device(total))
+        nonzero = d != 0
+        total = xp.where(
+            nonzero, total / xp.where(nonzero, d, xp.ones_like(d)), xp.full_like(total, math.nan)
+        )
+    return xp.astype(total, dtype)

@@ -7,7 +7,6 @@ imported, so xentcy never imports CuPy, torch, JAX or Dask itself.
 from __future__ import annotations
 
 import numbers
-from types import ModuleType
 from typing import Any
 
 import array_api_compat
@@ -45,8 +44,8 @@ def namespace(**arrays: Any) -> Any:
     return next(iter(seen))
 
 
-def backend(xp: Any) -> ModuleType:
-    """The module that computes for namespace ``xp``."""
+def backend(xp: Any, x: Any) -> Any:
+    """The backend that computes for array ``x`` of namespace ``xp``."""
     if array_api_compat.is_numpy_namespace(xp):
         from . import _cpu
 
@@ -55,6 +54,12 @@ def backend(xp: Any) -> ModuleType:
         from . import _cuda
 
         return _cuda
+    if array_api_compat.is_dask_namespace(xp):
+        from . import _dask
+        from ._checks import denominator
+
+        chunk_xp = array_namespace(x._meta)
+        return _dask.DaskBackend(chunk_xp, backend(chunk_xp, x._meta), denominator)
     from . import _generic
 
     return _generic

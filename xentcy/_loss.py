@@ -39,8 +39,10 @@ class CrossEntropyLoss:
     >>> Y = np.array([[0, 1, 0], [1, 0, 0]])
     >>> xent = xentcy.CrossEntropyLoss()
     >>> L = xent.forward(A, Y)
-    >>> L.round(4)
-    array(2.0185)
+    >>> L
+    array(2.01850839)
+    >>> L.round(4), L.item()
+    (np.float64(2.0185), 2.0185083947418834)
     >>> xent.backward().round(3)
     array([[ 0.33 , -0.379,  0.049],
            [-0.464,  0.243,  0.22 ]])

@@ -1,0 +1,133 @@
+"""Dask arrays: lazily, chunk by chunk, each chunk through the backend that fits its type.
+
+The dispatcher hands this module the chunk backend (the Cython core for NumPy
+chunks, the CUDA kernels for CuPy chunks) and the per-chunk denominator rule,
+so it imports neither. The class axis is rechunked to a single chunk; the
+batch axes keep their chunks. The mean divides the sum over all chunks by D
+summed over all chunks, exactly as for one array.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+
+def _assemble(blocks: np.ndarray) -> Any:
+    """One dask array from an object array of dask blocks laid out like the chunk grid."""
+    return blocks[()] if blocks.ndim == 0 else da.block(blocks.tolist())
+
+
+def _drop(seq: tuple[Any, ...], axis: int) -> tuple[Any, ...]:
+    return seq[:axis] + seq[axis + 1 :]
+
+
+def _chunk_call(template: Any, logits: Any, target: Any, weight: Any) -> Any:
+    """The call ``template`` (options only) completed with one chunk's concrete arrays."""
+    batch_shape = tuple(target.shape) if logits is None else _drop(tuple(logits.shape), template.axis)
+    return dataclasses.replace(template, logits=logits, target=target, weight=weight, batch_shape=batch_shape)
+
+
+class DaskBackend:
+    """The backend interface (see ``xentcy._cpu``) over the chunks of Dask arrays."""
+
+    def __init__(self, chunk_xp: Any, chunk_backend: ModuleType, denominator: Callable[[Any], float]) -> None:
+        self.chunk_xp = chunk_xp
+        self.chunk_backend = chunk_backend
+        self.chunk_denominator = denominator
+        self.DTYPES = getattr(chunk_backend, "DTYPES", None)
+
+    @staticmethod
+    def writable(x: Any) -> bool:
+        return False  # Dask arrays are immutable: out= and inplace= are refused
+
+    @staticmethod
+    def overlaps(x: Any, y: Any) -> bool:
+        return False
+
+    def softmax(self, xp: Any, x: Any, axis: int, log_space: bool) -> Any:
+        x = x.rechunk({axis: -1})
+        chunk_xp, chunk_softmax = self.chunk_xp, self.chunk_backend.softmax
+        return x.map_blocks(
+            lambda block: chunk_softmax(chunk_xp, block, axis, log_space), dtype=x.dtype, meta=x._meta
+        )
+
+    def logsumexp(self, xp: Any, x: Any, axis: int, keepdims: bool) -> Any:
+        x = x.rechunk({axis: -1})
+        chunk_xp, chunk_logsumexp = self.chunk_xp, self.chunk_backend.logsumexp
+        reduced = x.map_blocks(
+            lambda block: chunk_logsumexp(chunk_xp, block, axis, False),
+            drop_axis=axis,
+            dtype=x.dtype,
+            meta=self.chunk_xp.empty((0,) * (x.ndim - 1), dtype=x.dtype),
+        )
+        return da.expand_dims(reduced, axis) if keepdims else reduced
+
+    def _template(self, call: Any) -> Any:
+        """``call`` without its Dask arrays, so that tasks do not carry the graph along."""
+        return dataclasses.replace(call, xp=self.chunk_xp, logits=None, target=None, weight=None)
+
+    def _aligned(self, call: Any) -> tuple[Any, Any, Any]:
+        """Logits with one chunk along the class axis, target chunked alike, weight as a Delayed."""
+        logits = call.logits.rechunk({call.axis: -1})
+        chunks = _drop(logits.chunks, call.axis) if call.class_indices else logits.chunks
+        target = call.target.rechunk(chunks)
+        weight = None if call.weight is None else call.weight.rechunk(-1).to_delayed().ravel()[0]
+        return logits, target, weight
+
+    def denominator(self, call: Any) -> Any:
+        """D as a lazy 0-d float64 array: the chunk rule, summed over the target's chunks.
+
+        The chunk rule also checks each chunk's class indices, when computed.
+        """
+        if not call.class_indices:
+            return self.chunk_denominator(call)  # the number of samples: known now
+        _, target, weight = self._aligned(call)
+        template, rule = self._template(call), self.chunk_denominator
+
+        def chunk_denominator(block: Any, w: Any) -> float:
+            return rule(_chunk_call(template, None, block, w))
+
+        parts = [dask.delayed(chunk_denominator, pure=True)(b, weight) for b in target.to_delayed().ravel()]
+        return da.from_delayed(dask.delayed(math.fsum)(parts), shape=(), dtype=np.float64)
+
+    def cross_entropy_rows(self, call: Any, *, want_grad: bool, out: Any, grad_scale: Any) -> tuple[Any, Any]:
+        """Lazy per-sample losses (float64) and gradient; one task per chunk computes both."""
+        logits, target, weight = self._aligned(call)
+        if isinstance(grad_scale, da.Array):
+            grad_scale = grad_scale.to_delayed().ravel()[0]
+        template, chunk_rows = self._template(call), self.chunk_backend.cross_entropy_rows
+
+        def compute_chunk(block: Any, target_block: Any, w: Any, scale: Any) -> tuple[Any, Any]:
+            return chunk_rows(
+                _chunk_call(template, block, target_block, w),
+                want_grad=want_grad,
+                out=None,
+                grad_scale=float(scale),
+            )
+
+        axis = call.axis
+        loss_meta = self.chunk_xp.empty((0,) * (logits.ndim - 1), dtype=np.float64)
+        logits_blocks, target_blocks = logits.to_delayed(), target.to_delayed()
+        losses = np.empty(_drop(logits.numblocks, axis), dtype=object)
+        grads = np.empty(logits.numblocks, dtype=object)
+        for index in np.ndindex(*logits.numblocks):
+            batch_index = _drop(index, axis)
+            shape = tuple(chunks[i] for chunks, i in zip(logits.chunks, index, strict=True))
+            loss, grad = dask.delayed(compute_chunk, nout=2, pure=True)(
+                logits_blocks[index],
+                target_blocks[batch_index if call.class_indices else index],
+                weight,
+                grad_scale,
+            )
+            losses[batch_index] = da.from_delayed(loss, _drop(shape, axis), dtype=np.float64, meta=loss_meta)
+            if want_grad:
+                grads[index] = da.from_delayed(grad, shape, dtype=logits.dtype, meta=logits._meta)
+        return _assemble(losses), (_assemble(grads) if want_grad else None)
