@@ -12,7 +12,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from array_api_compat import device
+from array_api_compat import array_namespace, device, is_array_api_obj, is_numpy_array
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -54,12 +54,17 @@ def _describe_dtype(dtype: Any) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def _is_real_floating(xp: Any, dtype: Any, dtypes: tuple[Any, ...] | None) -> bool:
+    # A backend's own dtypes count too: ml_dtypes' bfloat16 is not "real floating" to NumPy.
+    return (dtypes is not None and dtype in dtypes) or xp.isdtype(dtype, "real floating")
+
+
 def check_logits(xp: Any, x: Any, name: str, dtypes: tuple[Any, ...] | None) -> None:
     """Logits must be a real floating array of at least one dimension.
 
     ``dtypes`` is the backend's supported set (None: every real floating dtype).
     """
-    if not xp.isdtype(x.dtype, "real floating"):
+    if not _is_real_floating(xp, x.dtype, dtypes):
         raise TypeError(
             f"{name} must be a real floating array (float32 or float64), got dtype {_describe_dtype(x.dtype)}"
         )
@@ -102,6 +107,11 @@ def _check_weight(xp: Any, weight: Any, logits: Any, num_classes: int) -> Any:
     """``weight`` converted to the logits' namespace, device and dtype."""
     if weight is None:
         return None
+    if is_array_api_obj(weight) and not is_numpy_array(weight) and array_namespace(weight) != xp:
+        raise TypeError(
+            "weight must be a list, a NumPy array or an array of the logits' library "
+            f"({library_name(logits)}), got a {library_name(weight)} array"
+        )
     try:
         w = xp.asarray(weight, device=device(logits))
     except (TypeError, ValueError) as err:
@@ -145,9 +155,11 @@ def check_class_index_values(call: CrossEntropyCall) -> None:
     )
 
 
-def _check_probabilities(xp: Any, q: Any, logits: Any) -> Any:
+def _check_probabilities(xp: Any, q: Any, logits: Any, dtypes: tuple[Any, ...] | None) -> Any:
     if not (
-        xp.isdtype(q.dtype, "real floating") or xp.isdtype(q.dtype, "integral") or xp.isdtype(q.dtype, "bool")
+        _is_real_floating(xp, q.dtype, dtypes)
+        or xp.isdtype(q.dtype, "integral")
+        or xp.isdtype(q.dtype, "bool")
     ):
         raise TypeError(f"target of class probabilities must be real, got dtype {_describe_dtype(q.dtype)}")
     if tuple(q.shape) != tuple(logits.shape):
@@ -191,7 +203,7 @@ def check_cross_entropy(
         target = _check_class_index_dtype(xp, target)
         class_indices = True
     elif target.ndim == logits.ndim:
-        target = _check_probabilities(xp, target, logits)
+        target = _check_probabilities(xp, target, logits, dtypes)
         class_indices = False
     else:
         raise ValueError(
@@ -302,7 +314,7 @@ def reduce_losses(call: CrossEntropyCall, losses: Any, denom: Any) -> Any:
     xp, dtype = call.xp, call.logits.dtype
     if call.reduction == "none":
         return xp.astype(losses, dtype)
-    total = xp.sum(losses)
+    total = xp.asarray(xp.sum(losses))  # NumPy's sum gives a scalar; the contract, a 0-d array
     if call.reduction == "mean":
         d = xp.asarray(denom, dtype=total.dtype, device=device(total))
         nonzero = d != 0

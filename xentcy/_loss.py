@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ._api import Reduction, loss_and_grad, softmax
@@ -92,7 +93,7 @@ class CrossEntropyLoss:
         )
         self.A, self.Y, self._grad, self._softmax = A, Y, grad, None
         self.C = int(A.shape[self.axis])
-        self.N = int(A.size // self.C) if self.C else 0
+        self.N = math.prod(A.shape) // self.C if self.C else 0
         return loss
 
     __call__ = forward

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The CuPy backend on a lent GPU machine, in one command (issue 4): build, test, benchmark.
+#
+# Run from the repository root, with the array-api-compat wheel carried in .whl/
+# (the machine has no network). Everything printed also goes to $OUT/gpu_check.log
+# when OUT is set. Budget: under 5 minutes, build included.
+set -euo pipefail
+
+log=/dev/null
+if [[ -n "${OUT:-}" ]]; then
+    mkdir -p "$OUT"
+    log="$OUT/gpu_check.log"
+fi
+exec > >(tee "$log") 2>&1
+export PYTHONUNBUFFERED=1
+
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site
+
+echo "== machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+python3 -c "import cupy, numpy, torch; print('cupy', cupy.__version__, 'cuda runtime', cupy.cuda.runtime.runtimeGetVersion(), 'numpy', numpy.__version__, 'torch', torch.__version__)"
+
+echo "== build"
+time python3 -m pip install -q --no-build-isolation --no-deps -e .
+
+# A failing step does not stop the later ones: one run on the machine should show everything.
+failed=()
+run() {
+    local name=$1
+    shift
+    echo "== $name"
+    local status=0
+    time "$@" || status=$?
+    if [[ $status -ne 0 && $status -ne 5 ]]; then  # pytest 5: no test matched
+        failed+=("$name (exit $status)")
+    fi
+}
+
+run "tests" python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda_backend.py tests/test_cuda_compile.py
+run "conformance suite, cupy half" python3 -m pytest -q -rs -p no:cacheprovider tests -k cupy \
+    --ignore=tests/test_cuda_backend.py --ignore=tests/test_cuda_compile.py
+run "benchmark" python3 benchmarks/bench_gpu.py
+
+if [[ ${#failed[@]} -ne 0 ]]; then
+    printf 'FAILED: %s\n' "${failed[@]}"
+    exit 1
+fi
+echo "gpu_check: all steps passed"

@@ -1,0 +1,336 @@
+"""The CuPy backend: xentcy's own CUDA kernels (``cross_entropy.cu``), launched through CuPy.
+
+The kernels are CUDA C++ templates, compiled at first use by NVRTC through
+``cupy.RawModule`` with ``name_expressions``, once per device and dtype, and
+cached. This launcher lays arrays out as dense (N, C) rows (class axis last,
+unit stride; other layouts are copied first), picks the kernel and its grid,
+and casts every argument to the exact C type the kernel takes: CuPy does not
+check them. Work goes on CuPy's current stream and nothing here synchronizes.
+
+The part above :func:`_cupy` is pure Python (no CuPy import), so that the
+compile test can ask for the kernel source, the instantiations and the
+launch plans on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+SOURCE_FILE = Path(__file__).with_name("cross_entropy.cu")
+
+# NVRTC options; CuPy adds the target architecture (and -ftz=true).
+COMPILE_OPTIONS = ("-std=c++17",)
+
+# numpy dtype name -> the kernels' C type
+C_TYPES = {
+    "float32": "float",
+    "float64": "double",
+    "float16": "__half",
+    "bfloat16": "__nv_bfloat16",
+}
+
+# (NV, MAX_THREADS) of the *_cached kernels: NV 16-byte vectors of a row held in
+# registers per thread, in blocks of at most MAX_THREADS threads (the kernel's
+# launch bound, which caps its registers: 64 a thread at 1024, 255 at 256).
+_CACHED = {
+    "float32": ((1, 1024), (2, 1024), (4, 512), (8, 256)),
+    "float64": ((1, 1024), (2, 1024), (4, 256), (8, 256)),
+    "float16": ((1, 1024), (2, 1024), (4, 256)),
+    "bfloat16": ((1, 1024), (2, 1024), (4, 256)),
+}
+# The probability kernels hold the target's row too.
+_CACHED_PROB = {
+    "float32": ((1, 512), (2, 1024), (4, 256)),
+    "float64": ((1, 1024), (2, 256), (4, 256)),
+    "float16": ((1, 1024), (2, 256)),
+    "bfloat16": ((1, 1024), (2, 256)),
+}
+
+# Threads of a block whose groups own one row each (groups of up to a warp).
+_SMALL_GROUP_BLOCK = 256
+_MAX_GROUP = 1024
+_MAX_CLASSES = 1 << 30
+
+
+def kernel_source() -> str:
+    """The CUDA C++ source that every instantiation is compiled from."""
+    return SOURCE_FILE.read_text(encoding="utf-8")
+
+
+def name_expressions(dtype_names: tuple[str, ...] | list[str] = tuple(C_TYPES)) -> list[str]:
+    """Every kernel instantiation the launcher requests for these dtypes (numpy names)."""
+    names = []
+    for dtype_name in dtype_names:
+        t = C_TYPES[dtype_name]
+        names += [f"xentcy_index_cached<{t}, {nv}, {mt}>" for nv, mt in _CACHED[dtype_name]]
+        names.append(f"xentcy_index_streamed<{t}>")
+        names += [f"xentcy_prob_cached<{t}, {nv}, {mt}>" for nv, mt in _CACHED_PROB[dtype_name]]
+        names.append(f"xentcy_prob_streamed<{t}>")
+        names += [f"xentcy_softmax_cached<{t}, {nv}, {mt}>" for nv, mt in _CACHED[dtype_name]]
+        names.append(f"xentcy_softmax_streamed<{t}>")
+        names.append(f"xentcy_logsumexp<{t}>")
+    return names
+
+
+class Plan(NamedTuple):
+    """How one kernel runs over (N, C) rows."""
+
+    name: str  # the name expression
+    group: int  # G, threads per row: a power of two, at most 1024
+    block: int  # threads per block
+    grid: int  # blocks
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _row_layout(n_vec: int, tiers: tuple[tuple[int, int], ...]) -> tuple[int, int, int]:
+    """(G, NV, MAX_THREADS) for a row of ``n_vec`` 16-byte vectors; NV = 0: streamed.
+
+    Rows of up to 32 vectors take a group of at most a warp, one vector per
+    thread; longer rows the smallest group, from a warp up, whose threads hold
+    the row in registers (so C <= 1024 in float32 takes one warp); rows too
+    long for that are streamed twice by 1024 threads.
+    """
+    if n_vec <= 32:
+        return _pow2_at_least(n_vec), 1, tiers[0][1]
+    group = 32
+    while group <= _MAX_GROUP:
+        nv = _pow2_at_least(-(-n_vec // group))
+        for tier_nv, max_threads in tiers:
+            if tier_nv == nv and max_threads >= max(group, _SMALL_GROUP_BLOCK):
+                return group, nv, max_threads
+        group *= 2
+    return _MAX_GROUP, 0, _MAX_GROUP
+
+
+def plan(kernel: str, dtype_name: str, n_rows: int, num_classes: int) -> Plan:
+    """The instantiation and grid of ``kernel`` ("index", "prob", "softmax", "logsumexp")."""
+    itemsize = {"float64": 8, "float32": 4}.get(dtype_name, 2)
+    tiers = (_CACHED_PROB if kernel == "prob" else _CACHED)[dtype_name]
+    group, nv, max_threads = _row_layout(-(-num_classes // (16 // itemsize)), tiers)
+    t = C_TYPES[dtype_name]
+    if kernel == "logsumexp":
+        name = f"xentcy_logsumexp<{t}>"
+    elif nv == 0:
+        name = f"xentcy_{kernel}_streamed<{t}>"
+    else:
+        name = f"xentcy_{kernel}_cached<{t}, {nv}, {max_threads}>"
+    block = _SMALL_GROUP_BLOCK if group <= 32 else group
+    return Plan(name, group, block, -(-n_rows // (block // group)))
+
+
+# ------------------------------------------------------------------ CuPy from here on
+
+
+def _cupy() -> Any:
+    import cupy
+
+    return cupy
+
+
+def _dtypes() -> tuple[Any, ...]:
+    import numpy as np
+
+    dtypes = [np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)]
+    try:
+        import ml_dtypes  # CuPy's bfloat16 arrays use its dtype
+    except ImportError:
+        pass
+    else:
+        dtypes.append(np.dtype(ml_dtypes.bfloat16))
+    return tuple(dtypes)
+
+
+DTYPES = _dtypes()
+
+
+@functools.cache
+def _module(device_id: int, dtype_name: str) -> Any:
+    """The compiled kernels of one dtype on one device (compiled while that device is current)."""
+    cupy = _cupy()
+    return cupy.RawModule(
+        code=kernel_source(), options=COMPILE_OPTIONS, name_expressions=name_expressions((dtype_name,))
+    )
+
+
+@functools.cache
+def _function(device_id: int, dtype_name: str, name: str) -> Any:
+    return _module(device_id, dtype_name).get_function(name)
+
+
+def _launch(
+    kernel: str,
+    dtype: Any,
+    n_rows: int,
+    num_classes: int,
+    pointers: tuple[Any, ...],
+    options: tuple[Any, ...],
+) -> None:
+    """Runs ``kernel`` over (N, C) rows: its arguments are the pointers, then
+    (long long N, long long C, int G), then ``options``, already cast to their C types."""
+    import numpy as np
+
+    cupy = _cupy()
+    if num_classes >= _MAX_CLASSES:  # indices within a row are 32-bit in the kernels
+        raise ValueError(f"the CUDA kernels take fewer than {_MAX_CLASSES} classes, got C = {num_classes}")
+    p = plan(kernel, dtype.name, n_rows, num_classes)
+    fn = _function(cupy.cuda.runtime.getDevice(), dtype.name, p.name)
+    fn(
+        (p.grid,),
+        (p.block,),
+        (*pointers, np.int64(n_rows), np.int64(num_classes), np.int32(p.group), *options),
+    )
+
+
+def _aligned(num_classes: int, itemsize: int, *arrays: Any) -> Any:
+    """int 1 where every row of these dense (N, C) arrays starts on 16 bytes, else 0."""
+    import numpy as np
+
+    ok = (num_classes * itemsize) % 16 == 0 and all(a.data.ptr % 16 == 0 for a in arrays)
+    return np.int32(1 if ok else 0)
+
+
+def _or_null(x: Any) -> Any:
+    """x, or a null pointer argument (8 bytes of zero) where x is None."""
+    import numpy as np
+
+    return np.uint64(0) if x is None else x
+
+
+def writable(x: Any) -> bool:
+    return isinstance(x, _cupy().ndarray)
+
+
+def overlaps(x: Any, y: Any) -> bool:
+    """Whether writing x could change y (x being y itself excluded by the caller)."""
+    return bool(_cupy().may_share_memory(x, y))
+
+
+def _rows_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int]:
+    num_classes = shape[axis]
+    return (math.prod(shape) // num_classes if num_classes else 0), num_classes
+
+
+def _rows(x: Any, axis: int) -> Any:
+    """A dense (N, C) view of x with the class axis last, or a dense copy."""
+    cupy = _cupy()
+    return cupy.ascontiguousarray(cupy.moveaxis(x, axis, -1)).reshape(_rows_shape(x.shape, axis))
+
+
+class _RowsOut:
+    """Where a kernel writes dense (N, C) rows that belong in ``dest`` (class axis ``axis``).
+
+    ``dest`` None: a new array laid out as the rows (returned with the class axis
+    moved back). ``rows`` is a view into dest where dest's layout allows, else a
+    scratch buffer that :meth:`finish` copies into dest on the current stream.
+    """
+
+    def __init__(self, like: Any, dest: Any, axis: int) -> None:
+        cupy = _cupy()
+        self.axis = axis
+        shape = _rows_shape(like.shape, axis)
+        if dest is None:
+            moved_shape = tuple(n for i, n in enumerate(like.shape) if i != axis) + (like.shape[axis],)
+            self.dest = cupy.moveaxis(cupy.empty(moved_shape, like.dtype), -1, axis)
+        else:
+            self.dest = dest
+        moved = cupy.moveaxis(self.dest, axis, -1)
+        self.scratch = not moved.flags.c_contiguous
+        self.rows = cupy.empty(shape, like.dtype) if self.scratch else moved.reshape(shape)
+
+    def finish(self) -> Any:
+        if self.scratch:
+            moved = _cupy().moveaxis(self.dest, self.axis, -1)
+            moved[...] = self.rows.reshape(moved.shape)
+        return self.dest
+
+
+def softmax(xp: Any, x: Any, axis: int, log_space: bool) -> Any:
+    import numpy as np
+
+    with x.device:
+        out = _RowsOut(x, None, axis)
+        n_rows, num_classes = out.rows.shape
+        if n_rows == 0 or num_classes == 0:
+            return out.finish()
+        a = _rows(x, axis)
+        _launch(
+            "softmax",
+            x.dtype,
+            n_rows,
+            num_classes,
+            (a, out.rows),
+            (_aligned(num_classes, x.itemsize, a, out.rows), np.int32(log_space)),
+        )
+        return out.finish()
+
+
+def logsumexp(xp: Any, x: Any, axis: int, keepdims: bool) -> Any:
+    import numpy as np
+
+    cupy = _cupy()
+    with x.device:
+        n_rows, num_classes = _rows_shape(x.shape, axis)
+        batch_shape = x.shape[:axis] + x.shape[axis + 1 :]
+        if num_classes == 0:
+            out = cupy.full(batch_shape, -np.inf, x.dtype)
+        else:
+            out = cupy.empty(n_rows, x.dtype)
+            if n_rows:
+                a = _rows(x, axis)
+                _launch(
+                    "logsumexp",
+                    x.dtype,
+                    n_rows,
+                    num_classes,
+                    (a, out),
+                    (_aligned(num_classes, x.itemsize, a),),
+                )
+            out = out.reshape(batch_shape)
+        return cupy.expand_dims(out, axis) if keepdims else out
+
+
+def cross_entropy_rows(call: Any, *, want_grad: bool, out: Any, grad_scale: float) -> tuple[Any, Any]:
+    """Per-sample losses (float64, batch-shaped) and, where ``want_grad``, the gradient.
+
+    The gradient, times ``grad_scale``, goes into ``out`` (which may be the
+    logits themselves) or, where ``out`` is None, into a new array.
+    """
+    import numpy as np
+
+    cupy = _cupy()
+    logits, axis = call.logits, call.axis
+    with logits.device:
+        grad = _RowsOut(logits, out, axis) if want_grad else None
+        n_rows, num_classes = _rows_shape(logits.shape, axis)
+        loss = cupy.empty(n_rows, cupy.float64)
+        if n_rows == 0:
+            return loss.reshape(call.batch_shape), (grad.finish() if grad is not None else None)
+        a = _rows(logits, axis)
+        g = grad.rows if grad is not None else None
+        weight = cupy.ascontiguousarray(call.weight) if call.weight is not None else None
+        eps = np.float64(call.label_smoothing)
+        common = (a, g) if g is not None else (a,)
+        if call.class_indices:
+            y = cupy.ascontiguousarray(call.target).reshape(n_rows)
+            # sum_c w_c, for smoothing: a float64 sum on the device, read by the kernel
+            w_sum = cupy.sum(weight, dtype=cupy.float64) if weight is not None else None
+            pointers = (a, y, _or_null(weight), _or_null(w_sum), _or_null(g), loss)
+            options = (
+                _aligned(num_classes, logits.itemsize, *common),
+                eps,
+                np.int64(min(max(call.ignore_index, -(2**63)), 2**63 - 1)),
+                np.float64(grad_scale),
+            )
+            _launch("index", logits.dtype, n_rows, num_classes, pointers, options)
+        else:
+            q = _rows(call.target, axis)
+            pointers = (a, q, _or_null(weight), _or_null(g), loss)
+            options = (_aligned(num_classes, logits.itemsize, q, *common), eps, np.float64(grad_scale))
+            _launch("prob", logits.dtype, n_rows, num_classes, pointers, options)
+        return loss.reshape(call.batch_shape), (grad.finish() if grad is not None else None)

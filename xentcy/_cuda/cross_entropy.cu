@@ -1,0 +1,718 @@
+// xentcy's CUDA kernels: softmax cross-entropy, its gradient, softmax, log_softmax, logsumexp.
+//
+// Compiled at first use by NVRTC through cupy.RawModule (name_expressions list every
+// instantiation; xentcy/_cuda/__init__.py builds that list and launches). No host headers:
+// NVRTC has no host standard library.
+//
+// Every kernel works on dense (N, C) rows: row i starts at i * C, the class axis is last
+// with unit stride (the launcher copies other layouts first). A group of G threads
+// (G a power of two; G <= 32 within one warp, G > 32 the whole block) owns one row.
+// Thread `lane` of the group owns the 16-byte vectors lane, lane + G, lane + 2G, ... of
+// the row, in every pass, so that a thread reads and writes only its own elements: the
+// gradient can be written over the logits (inplace) without a race.
+//
+// Two shapes of kernel:
+//   *_cached<T, NV>:  a row of at most G * NV vectors is held in registers: one read of
+//                     the logits, one write of the result.
+//   *_streamed<T>:    any C; pass 1 keeps an online max and sum, pass 2 reads the row again
+//                     (mostly from L2) and writes: two reads and one write at most.
+//
+// Numerics mirror the CPU core (xentcy/_cpu/_core.pyx): with m = max_c A_c (0 where that
+// max is not finite) and s = sum_c exp(A_c - m), the loss of class c is (m - A_c) + log s,
+// both terms >= 0. Half types accumulate in float; per-row losses are written as double.
+// Reductions are fixed trees of shuffles and shared memory: results do not change from
+// run to run, and there are no floating-point atomics.
+
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+namespace xentcy {
+
+// The accumulation type: float for float, __half and __nv_bfloat16; double for double.
+template <typename T> struct Acc { using type = float; };
+template <> struct Acc<double> { using type = double; };
+
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> struct Convert;
+template <> struct Convert<float> {
+    static __device__ __forceinline__ float from(float x) { return x; }
+};
+template <> struct Convert<double> {
+    static __device__ __forceinline__ double from(double x) { return x; }
+};
+template <> struct Convert<__half> {
+    static __device__ __forceinline__ __half from(float x) { return __float2half_rn(x); }
+};
+template <> struct Convert<__nv_bfloat16> {
+    static __device__ __forceinline__ __nv_bfloat16 from(float x) { return __float2bfloat16_rn(x); }
+};
+
+__device__ __forceinline__ float acc_inf(float) { return __int_as_float(0x7f800000); }
+__device__ __forceinline__ double acc_inf(double) { return __longlong_as_double(0x7ff0000000000000LL); }
+__device__ __forceinline__ float acc_nan(float) { return __int_as_float(0x7fffffff); }
+__device__ __forceinline__ double acc_nan(double) { return __longlong_as_double(0x7ff8000000000000LL); }
+__device__ __forceinline__ float acc_exp(float x) { return expf(x); }
+__device__ __forceinline__ double acc_exp(double x) { return exp(x); }
+__device__ __forceinline__ float acc_log(float x) { return logf(x); }
+__device__ __forceinline__ double acc_log(double x) { return log(x); }
+
+// The shift m: the row's max, or 0 where it is not finite (all -inf, +inf, empty), so that
+// A_c - m never becomes inf - inf.
+template <typename A> __device__ __forceinline__ A shift_of(A m) {
+    return (m < acc_inf(m) && m > -acc_inf(m)) ? m : A(0);
+}
+
+// The larger of two values; like the CPU core's `a > m`, a NaN never becomes the max.
+template <typename A> __device__ __forceinline__ A max_of(A m, A x) { return x > m ? x : m; }
+
+struct SumOp {
+    template <typename A> __device__ __forceinline__ A operator()(A a, A b) const { return a + b; }
+};
+struct MaxOp {
+    template <typename A> __device__ __forceinline__ A operator()(A a, A b) const { return max_of(a, b); }
+};
+
+constexpr int kMaxReduce = 4;  // values reduced together, at most
+
+// 16-byte vectors a streaming thread loads before it uses the first (16 floats; doubles: 4, as
+// the kernels' 1024-thread launch bound leaves 64 registers a thread).
+template <typename T> constexpr int kInFlight = sizeof(T) == 4 ? 4 : (sizeof(T) == 2 ? 2 : 1);
+
+// Reduces v[0..K) over the G threads of a row group; every thread of the group gets the
+// result. Every thread of the warp (G <= 32) or block (G > 32) must call it. The xor
+// butterfly gives all lanes the same bits (a + b == b + a); the block stage adds the warps'
+// values in a fixed order, so the result is the same on every run.
+template <int K, typename Op, typename A>
+__device__ __forceinline__ void group_reduce(A (&v)[K], int G, Op op, A (*smem)[kMaxReduce]) {
+    static_assert(K <= kMaxReduce, "too many values for the shared-memory buffer");
+    const int width = G < 32 ? G : 32;
+    for (int offset = width / 2; offset > 0; offset >>= 1) {
+#pragma unroll
+        for (int k = 0; k < K; ++k) v[k] = op(v[k], __shfl_xor_sync(0xffffffffu, v[k], offset));
+    }
+    if (G > 32) {
+        const int warp = threadIdx.x >> 5;
+        if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+            for (int k = 0; k < K; ++k) smem[warp][k] = v[k];
+        }
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < K; ++k) v[k] = smem[0][k];
+        for (int w = 1; w < G / 32; ++w) {
+#pragma unroll
+            for (int k = 0; k < K; ++k) v[k] = op(v[k], smem[w][k]);
+        }
+        __syncthreads();  // smem is reused by the next reduction
+    }
+}
+
+// 16 bytes of T: VEC elements, loaded and stored as one vector where `aligned`.
+template <typename T> struct alignas(16) Pack {
+    static constexpr int VEC = 16 / int(sizeof(T));
+    T v[VEC];
+};
+
+// Elements [base, base + VEC) of a row as accumulation values; those at or past `limit`
+// are not read and come back as `fill`. `aligned`: the row starts on 16 bytes and C * sizeof(T)
+// is a multiple of 16, so a vector is either wholly inside the row or wholly past it.
+template <typename T, typename A, int VEC>
+__device__ __forceinline__ void load_vec(const T* row, int base, int limit, bool aligned,
+                                         A fill, A (&out)[VEC]) {
+    if (aligned) {
+        if (base < limit) {
+            const Pack<T> p = *reinterpret_cast<const Pack<T>*>(row + base);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) out[i] = to_acc(p.v[i]);
+        } else {
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) out[i] = fill;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) out[i] = (base + i < limit) ? to_acc(row[base + i]) : fill;
+    }
+}
+
+// Stores val into elements [base, base + VEC) of a row, those below C only.
+template <typename T, typename A, int VEC>
+__device__ __forceinline__ void store_vec(T* row, int base, int C, bool aligned,
+                                          const A (&val)[VEC]) {
+    if (aligned) {
+        if (base < C) {
+            Pack<T> p;
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) p.v[i] = Convert<T>::from(val[i]);
+            *reinterpret_cast<Pack<T>*>(row + base) = p;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            if (base + i < C) row[base + i] = Convert<T>::from(val[i]);
+        }
+    }
+}
+
+// Where a thread's row and lane are. Groups of G <= 32 threads share a block of several
+// rows; a group of G > 32 threads is the whole block and owns one row.
+struct RowSlot {
+    long long row;
+    int lane;
+    bool active;  // false for the spare groups of the last block
+    __device__ __forceinline__ RowSlot(int G, long long n_rows) {
+        lane = int(threadIdx.x) & (G - 1);
+        row = (long long)blockIdx.x * (blockDim.x / G) + threadIdx.x / G;
+        active = row < n_rows;
+    }
+};
+
+// The weight of class c: w_c, or 1 without weights.
+template <typename T, typename A>
+__device__ __forceinline__ A weight_of(const T* weight, int c) {
+    return weight != nullptr ? to_acc(weight[c]) : A(1);
+}
+
+// Online max and sum: folds the values x (padding is -inf) into (m, s) with
+// s = sum exp(x - shift_of(m)). A rescale happens only when the max grows.
+template <typename A, int K>
+__device__ __forceinline__ void online_fold(A& m, A& s, const A (&x)[K]) {
+    A m_new = m;
+#pragma unroll
+    for (int i = 0; i < K; ++i) m_new = max_of(m_new, x[i]);
+    if (m_new != m) {
+        // s == 0 (nothing yet, or only -inf): nothing to rescale, and 0 * inf would be NaN
+        if (s != A(0)) s *= acc_exp(shift_of(m) - shift_of(m_new));
+        m = m_new;
+    }
+    const A shift = shift_of(m);
+#pragma unroll
+    for (int i = 0; i < K; ++i) s += acc_exp(x[i] - shift);
+}
+
+// Combines the threads' online (m, s) into the row's shift and sum.
+template <typename A>
+__device__ __forceinline__ void combine_online(A m, A s, int G, A (*smem)[kMaxReduce], A& shift, A& sum) {
+    A v[1] = {m};
+    group_reduce(v, G, MaxOp(), smem);
+    shift = shift_of(v[0]);
+    A t[1] = {s != A(0) ? s * acc_exp(shift_of(m) - shift) : A(0)};
+    group_reduce(t, G, SumOp(), smem);
+    sum = t[0];
+}
+
+// Per-row scalars of a class-index target y: q_c = (1 - eps) [c == y] + eps / C.
+struct IndexTarget {
+    double eps, smooth, w_y, w_sum;
+    // loss = (1 - eps) w_y ((m - A_y) + log s) + (eps / C) (sum_c w_c (m - A_c) + log s sum_c w_c)
+    __device__ __forceinline__ double loss(double m_minus_ay, double t, double log_s) const {
+        double l = 0.0;
+        // skipped at zero mass, where A_y may be -inf
+        if ((1.0 - eps) * w_y != 0.0) l = (1.0 - eps) * w_y * (m_minus_ay + log_s);
+        if (eps != 0.0) l += smooth * (t + w_sum * log_s);
+        return l;
+    }
+    // sum_c w_c q_c, the softmax's factor in the gradient
+    __device__ __forceinline__ double mass() const { return (1.0 - eps) * w_y + smooth * w_sum; }
+};
+
+// w_c q_c of a class-index target (c < C).
+template <typename T, typename A>
+__device__ __forceinline__ A index_wq(const T* weight, int c, int y, const IndexTarget& tg) {
+    if (c == y) return A(tg.w_y * (tg.smooth + 1.0 - tg.eps));
+    if (tg.eps == 0.0) return A(0);
+    return weight_of<T, A>(weight, c) * A(tg.smooth);
+}
+
+// The loss of a row with probability target: sum_c w_c q_c ((m - A_c) + log s).
+__device__ __forceinline__ double prob_loss(double t, double mass, double log_s) {
+    return mass != 0.0 ? t + mass * log_s : t;
+}
+
+}  // namespace xentcy
+
+using xentcy::Acc;
+using xentcy::kMaxReduce;
+using xentcy::Pack;
+
+// ---------------------------------------------------------------------------------------
+// Cross-entropy with class indices.
+//
+// target: int64 class index per row; a row equal to ignore_index has loss 0 and gradient 0;
+// an index outside [0, C) (excluded by the checks above) is never read through: loss and
+// gradient are NaN. weight: C class weights or nullptr; weight_sum: sum_c w_c (float64,
+// computed on the device) or nullptr without weights. grad: nullptr for the loss alone,
+// else (N, C), which may be the logits themselves. scale: the factor in front of each
+// gradient (1/D for the mean); 0 writes zeros.
+// ---------------------------------------------------------------------------------------
+
+template <typename T, int NV, int MAX_THREADS>
+__global__ void __launch_bounds__(MAX_THREADS)
+xentcy_index_cached(const T* logits, const long long* __restrict__ target, const T* __restrict__ weight,
+                    const double* __restrict__ weight_sum, T* grad, double* __restrict__ loss,
+                    long long n_rows, long long C, int G, int aligned, double eps,
+                    long long ignore_index, double scale) {
+    using A = typename Acc<T>::type;
+    constexpr int VEC = Pack<T>::VEC;
+    __shared__ A smem[32][kMaxReduce];
+    const xentcy::RowSlot slot(G, n_rows);
+    const long long y = slot.active ? target[slot.row] : ignore_index;
+    const bool ignored = y == ignore_index;
+    const bool bad = !ignored && (y < 0 || y >= C);
+    const bool live = slot.active && !ignored && !bad;
+    const int limit = live ? int(C) : 0;  // a row that is not live is not read
+    const int yi = live ? int(y) : -1;
+    const T* a = logits + (live ? slot.row * C : 0);
+
+    A x[NV][VEC];
+#pragma unroll
+    for (int k = 0; k < NV; ++k)
+        xentcy::load_vec(a, (k * G + slot.lane) * VEC, limit, aligned != 0, -xentcy::acc_inf(A(0)), x[k]);
+
+    A m[1] = {-xentcy::acc_inf(A(0))};
+#pragma unroll
+    for (int k = 0; k < NV; ++k)
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) m[0] = xentcy::max_of(m[0], x[k][i]);
+    xentcy::group_reduce(m, G, xentcy::MaxOp(), smem);
+    const A shift = xentcy::shift_of(m[0]);
+
+    // part = {s, sum_c w_c (m - A_c) (smoothing only), m - A_y}; x becomes exp(A_c - m)
+    A part[3] = {A(0), A(0), A(0)};
+#pragma unroll
+    for (int k = 0; k < NV; ++k) {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            const int c = (k * G + slot.lane) * VEC + i;
+            const A xi = x[k][i];
+            x[k][i] = A(0);
+            if (c < limit) {
+                x[k][i] = xentcy::acc_exp(xi - shift);
+                part[0] += x[k][i];
+                if (eps != 0.0) {
+                    const A w_c = xentcy::weight_of<T, A>(weight, c);
+                    if (w_c != A(0)) part[1] += w_c * (shift - xi);
+                }
+                if (c == yi) part[2] = shift - xi;
+            }
+        }
+    }
+    xentcy::group_reduce(part, G, xentcy::SumOp(), smem);
+    if (!slot.active) return;  // no reduction follows
+
+    xentcy::IndexTarget tg;
+    tg.eps = eps;
+    tg.smooth = eps / double(C);
+    tg.w_y = (live && weight != nullptr) ? double(xentcy::to_acc(weight[y])) : 1.0;
+    tg.w_sum = weight_sum != nullptr ? *weight_sum : double(C);
+    const double log_s = double(xentcy::acc_log(part[0]));
+    if (slot.lane == 0)
+        loss[slot.row] = live ? tg.loss(double(part[2]), double(part[1]), log_s)
+                              : (bad ? xentcy::acc_nan(0.0) : 0.0);
+    if (grad == nullptr) return;
+
+    // dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c); zeros for ignored rows and scale == 0
+    const bool fill = !live || scale == 0.0;
+    const A fill_value = bad ? xentcy::acc_nan(A(0)) : A(0);
+    const A inv_s = A(1) / part[0];
+    const A mass = A(tg.mass());
+    const A sc = A(scale);
+    T* g = grad + slot.row * C;
+#pragma unroll
+    for (int k = 0; k < NV; ++k) {
+        const int base = (k * G + slot.lane) * VEC;
+        A out[VEC];
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            const int c = base + i;
+            out[i] = fill_value;
+            if (!fill && c < int(C))
+                out[i] = sc * (x[k][i] * inv_s * mass - xentcy::index_wq<T, A>(weight, c, yi, tg));
+        }
+        xentcy::store_vec(g, base, int(C), aligned != 0, out);
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(1024)
+xentcy_index_streamed(const T* logits, const long long* __restrict__ target, const T* __restrict__ weight,
+                      const double* __restrict__ weight_sum, T* grad, double* __restrict__ loss,
+                      long long n_rows, long long C, int G, int aligned, double eps,
+                      long long ignore_index, double scale) {
+    using A = typename Acc<T>::type;
+    constexpr int VEC = Pack<T>::VEC;
+    constexpr int U = xentcy::kInFlight<T>;  // vectors in flight per thread
+    __shared__ A smem[32][kMaxReduce];
+    const xentcy::RowSlot slot(G, n_rows);
+    const long long y = slot.active ? target[slot.row] : ignore_index;
+    const bool ignored = y == ignore_index;
+    const bool bad = !ignored && (y < 0 || y >= C);
+    const bool live = slot.active && !ignored && !bad;
+    const int limit = live ? int(C) : 0;
+    const int yi = live ? int(y) : -1;
+    const T* a = logits + (live ? slot.row * C : 0);
+    const int n_vec = int((C + VEC - 1) / VEC);
+    const int step = G * U;
+    const A neg_inf = -xentcy::acc_inf(A(0));
+
+    // pass 1: online max and sum; the thread holding A_y keeps it
+    A m = neg_inf, s = A(0), a_y = A(0);
+    bool has_y = false;
+    for (int v0 = slot.lane; v0 < (live ? n_vec : 0); v0 += step) {
+        A x[U][VEC];
+#pragma unroll
+        for (int u = 0; u < U; ++u) xentcy::load_vec(a, (v0 + u * G) * VEC, limit, aligned != 0, neg_inf, x[u]);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            xentcy::online_fold(m, s, x[u]);
+            const int base = (v0 + u * G) * VEC;
+            if (yi >= base && yi < base + VEC) {
+#pragma unroll
+                for (int i = 0; i < VEC; ++i)
+                    if (base + i == yi) a_y = x[u][i];
+                has_y = true;
+            }
+        }
+    }
+    A shift, sum;
+    xentcy::combine_online(m, s, G, smem, shift, sum);
+    A part[1] = {has_y ? shift - a_y : A(0)};
+    xentcy::group_reduce(part, G, xentcy::SumOp(), smem);
+
+    xentcy::IndexTarget tg;
+    tg.eps = eps;
+    tg.smooth = eps / double(C);
+    tg.w_y = (live && weight != nullptr) ? double(xentcy::to_acc(weight[y])) : 1.0;
+    tg.w_sum = weight_sum != nullptr ? *weight_sum : double(C);
+
+    // pass 2: sum_c w_c (m - A_c) for smoothing, and the gradient
+    A t[1] = {A(0)};
+    if (eps != 0.0 || grad != nullptr) {
+        const bool fill = !live || scale == 0.0;
+        const A fill_value = bad ? xentcy::acc_nan(A(0)) : A(0);
+        const A inv_s = A(1) / sum;
+        const A mass = A(tg.mass());
+        const A sc = A(scale);
+        T* g = grad != nullptr && slot.active ? grad + slot.row * C : nullptr;
+        const int end = g != nullptr ? n_vec : (live ? n_vec : 0);
+        for (int v0 = slot.lane; v0 < end; v0 += step) {
+            A x[U][VEC];
+#pragma unroll
+            for (int u = 0; u < U; ++u) xentcy::load_vec(a, (v0 + u * G) * VEC, limit, aligned != 0, neg_inf, x[u]);
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int base = (v0 + u * G) * VEC;
+                A out[VEC];
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) {
+                    const int c = base + i;
+                    out[i] = fill_value;
+                    if (c < limit) {
+                        if (eps != 0.0) {
+                            const A w_c = xentcy::weight_of<T, A>(weight, c);
+                            if (w_c != A(0)) t[0] += w_c * (shift - x[u][i]);
+                        }
+                        if (!fill)
+                            out[i] = sc * (xentcy::acc_exp(x[u][i] - shift) * inv_s * mass -
+                                           xentcy::index_wq<T, A>(weight, c, yi, tg));
+                    }
+                }
+                if (g != nullptr) xentcy::store_vec(g, base, int(C), aligned != 0, out);
+            }
+        }
+        if (eps != 0.0) xentcy::group_reduce(t, G, xentcy::SumOp(), smem);
+    }
+    if (slot.active && slot.lane == 0) {
+        const double log_s = double(xentcy::acc_log(sum));
+        loss[slot.row] = live ? tg.loss(double(part[0]), double(t[0]), log_s)
+                              : (bad ? xentcy::acc_nan(0.0) : 0.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Cross-entropy with class probabilities q (N, C) in the logits' dtype, smoothed to
+// (1 - eps) q + eps / C. Arguments as above.
+// ---------------------------------------------------------------------------------------
+
+template <typename T, int NV, int MAX_THREADS>
+__global__ void __launch_bounds__(MAX_THREADS)
+xentcy_prob_cached(const T* logits, const T* target, const T* __restrict__ weight, T* grad,
+                   double* __restrict__ loss, long long n_rows, long long C, int G, int aligned,
+                   double eps, double scale) {
+    using A = typename Acc<T>::type;
+    constexpr int VEC = Pack<T>::VEC;
+    __shared__ A smem[32][kMaxReduce];
+    const xentcy::RowSlot slot(G, n_rows);
+    const int limit = slot.active ? int(C) : 0;
+    const long long offset = slot.active ? slot.row * C : 0;
+    const A one_minus_eps = A(1.0 - eps), smooth = A(eps / double(C));
+
+    A x[NV][VEC], wq[NV][VEC];
+#pragma unroll
+    for (int k = 0; k < NV; ++k) {
+        const int base = (k * G + slot.lane) * VEC;
+        xentcy::load_vec(logits + offset, base, limit, aligned != 0, -xentcy::acc_inf(A(0)), x[k]);
+        xentcy::load_vec(target + offset, base, limit, aligned != 0, A(0), wq[k]);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i)  // w_c q_c with q smoothed; 0 past the row
+            wq[k][i] = base + i < limit
+                           ? (one_minus_eps * wq[k][i] + smooth) * xentcy::weight_of<T, A>(weight, base + i)
+                           : A(0);
+    }
+
+    A m[1] = {-xentcy::acc_inf(A(0))};
+#pragma unroll
+    for (int k = 0; k < NV; ++k)
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) m[0] = xentcy::max_of(m[0], x[k][i]);
+    xentcy::group_reduce(m, G, xentcy::MaxOp(), smem);
+    const A shift = xentcy::shift_of(m[0]);
+
+    // part = {s, sum_c w_c q_c (m - A_c), sum_c w_c q_c}, zero-mass classes skipped
+    A part[3] = {A(0), A(0), A(0)};
+#pragma unroll
+    for (int k = 0; k < NV; ++k) {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            const A xi = x[k][i];
+            x[k][i] = xentcy::acc_exp(xi - shift);  // padding: exp(-inf) = 0
+            part[0] += x[k][i];
+            if (wq[k][i] != A(0)) {
+                part[1] += wq[k][i] * (shift - xi);
+                part[2] += wq[k][i];
+            }
+        }
+    }
+    xentcy::group_reduce(part, G, xentcy::SumOp(), smem);
+    if (!slot.active) return;
+
+    if (slot.lane == 0)
+        loss[slot.row] = xentcy::prob_loss(double(part[1]), double(part[2]), double(xentcy::acc_log(part[0])));
+    if (grad == nullptr) return;
+
+    // dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c)
+    const A inv_s = A(1) / part[0];
+    const A sc = A(scale);
+    T* g = grad + slot.row * C;
+#pragma unroll
+    for (int k = 0; k < NV; ++k) {
+        A out[VEC];
+#pragma unroll
+        for (int i = 0; i < VEC; ++i)
+            out[i] = scale == 0.0 ? A(0) : sc * (x[k][i] * inv_s * part[2] - wq[k][i]);
+        xentcy::store_vec(g, (k * G + slot.lane) * VEC, int(C), aligned != 0, out);
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(1024)
+xentcy_prob_streamed(const T* logits, const T* target, const T* __restrict__ weight, T* grad,
+                     double* __restrict__ loss, long long n_rows, long long C, int G, int aligned,
+                     double eps, double scale) {
+    using A = typename Acc<T>::type;
+    constexpr int VEC = Pack<T>::VEC;
+    constexpr int U = xentcy::kInFlight<T> > 1 ? xentcy::kInFlight<T> / 2 : 1;  // (logits, target) pairs in flight
+    __shared__ A smem[32][kMaxReduce];
+    const xentcy::RowSlot slot(G, n_rows);
+    const int limit = slot.active ? int(C) : 0;
+    const long long offset = slot.active ? slot.row * C : 0;
+    const T* a = logits + offset;
+    const T* q = target + offset;
+    const int n_vec = int((C + VEC - 1) / VEC);
+    const int step = G * U;
+    const A neg_inf = -xentcy::acc_inf(A(0));
+    const A one_minus_eps = A(1.0 - eps), smooth = A(eps / double(C));
+
+    // pass 1: online max and sum of the logits, and sum_c w_c q_c
+    A m = neg_inf, s = A(0), mass[1] = {A(0)};
+    for (int v0 = slot.lane; v0 < (slot.active ? n_vec : 0); v0 += step) {
+        A x[U][VEC], qv[U][VEC];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int base = (v0 + u * G) * VEC;
+            xentcy::load_vec(a, base, limit, aligned != 0, neg_inf, x[u]);
+            xentcy::load_vec(q, base, limit, aligned != 0, A(0), qv[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            xentcy::online_fold(m, s, x[u]);
+            const int base = (v0 + u * G) * VEC;
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                if (base + i < limit) {
+                    const A wq = (one_minus_eps * qv[u][i] + smooth) * xentcy::weight_of<T, A>(weight, base + i);
+                    if (wq != A(0)) mass[0] += wq;
+                }
+            }
+        }
+    }
+    A shift, sum;
+    xentcy::combine_online(m, s, G, smem, shift, sum);
+    xentcy::group_reduce(mass, G, xentcy::SumOp(), smem);
+
+    // pass 2: sum_c w_c q_c (m - A_c), and the gradient
+    const A inv_s = A(1) / sum;
+    const A sc = A(scale);
+    T* g = grad != nullptr && slot.active ? grad + slot.row * C : nullptr;
+    A t[1] = {A(0)};
+    for (int v0 = slot.lane; v0 < (slot.active ? n_vec : 0); v0 += step) {
+        A x[U][VEC], qv[U][VEC];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int base = (v0 + u * G) * VEC;
+            xentcy::load_vec(a, base, limit, aligned != 0, neg_inf, x[u]);
+            xentcy::load_vec(q, base, limit, aligned != 0, A(0), qv[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int base = (v0 + u * G) * VEC;
+            A out[VEC];
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                out[i] = A(0);
+                if (base + i < limit) {
+                    const A wq = (one_minus_eps * qv[u][i] + smooth) * xentcy::weight_of<T, A>(weight, base + i);
+                    if (wq != A(0)) t[0] += wq * (shift - x[u][i]);
+                    if (scale != 0.0) out[i] = sc * (xentcy::acc_exp(x[u][i] - shift) * inv_s * mass[0] - wq);
+                }
+            }
+            if (g != nullptr) xentcy::store_vec(g, base, int(C), aligned != 0, out);
+        }
+    }
+    xentcy::group_reduce(t, G, xentcy::SumOp(), smem);
+    if (slot.active && slot.lane == 0)
+        loss[slot.row] = xentcy::prob_loss(double(t[0]), double(mass[0]), double(xentcy::acc_log(sum)));
+}
+
+// ---------------------------------------------------------------------------------------
+// softmax (log_space == 0) or log_softmax (log_space != 0) of each row into out (N, C):
+// p_c = exp(A_c - m) / s, log p_c = (A_c - m) - log s.
+// ---------------------------------------------------------------------------------------
+
+template <typename T, int NV, int MAX_THREADS>
+__global__ void __launch_bounds__(MAX_THREADS)
+xentcy_softmax_cached(const T* __restrict__ x_in, T* __restrict__ out, long long n_rows, long long C,
+                      int G, int aligned, int log_space) {
+    using A = typename Acc<T>::type;
+    constexpr int VEC = Pack<T>::VEC;
+    __shared__ A smem[32][kMaxReduce];
+    const xentcy::RowSlot slot(G, n_rows);
+    const int limit = slot.active ? int(C) : 0;
+    const long long offset = slot.active ? slot.row * C : 0;
+
+    A x[NV][VEC];
+#pragma unroll
+    for (int k = 0; k < NV; ++k)
+        xentcy::load_vec(x_in + offset, (k * G + slot.lane) * VEC, limit, aligned != 0,
+                         -xentcy::acc_inf(A(0)), x[k]);
+    A m[1] = {-xentcy::acc_inf(A(0))};
+#pragma unroll
+    for (int k = 0; k < NV; ++k)
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) m[0] = xentcy::max_of(m[0], x[k][i]);
+    xentcy::group_reduce(m, G, xentcy::MaxOp(), smem);
+    const A shift = xentcy::shift_of(m[0]);
+
+    A s[1] = {A(0)};
+#pragma unroll
+    for (int k = 0; k < NV; ++k) {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            const A e = xentcy::acc_exp(x[k][i] - shift);  // padding: exp(-inf) = 0
+            s[0] += e;
+            if (log_space == 0) x[k][i] = e;
+        }
+    }
+    xentcy::group_reduce(s, G, xentcy::SumOp(), smem);
+    if (!slot.active) return;
+
+    const A inv_s = A(1) / s[0], log_s = xentcy::acc_log(s[0]);
+#pragma unroll
+    for (int k = 0; k < NV; ++k) {
+        A o[VEC];
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) o[i] = log_space != 0 ? (x[k][i] - shift) - log_s : x[k][i] * inv_s;
+        xentcy::store_vec(out + offset, (k * G + slot.lane) * VEC, int(C), aligned != 0, o);
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(1024)
+xentcy_softmax_streamed(const T* __restrict__ x_in, T* __restrict__ out, long long n_rows, long long C,
+                        int G, int aligned, int log_space) {
+    using A = typename Acc<T>::type;
+    constexpr int VEC = Pack<T>::VEC;
+    constexpr int U = xentcy::kInFlight<T>;
+    __shared__ A smem[32][kMaxReduce];
+    const xentcy::RowSlot slot(G, n_rows);
+    const int limit = slot.active ? int(C) : 0;
+    const long long offset = slot.active ? slot.row * C : 0;
+    const int n_vec = int((C + VEC - 1) / VEC);
+    const int end = slot.active ? n_vec : 0;
+    const int step = G * U;
+    const A neg_inf = -xentcy::acc_inf(A(0));
+
+    A m = neg_inf, s = A(0);
+    for (int v0 = slot.lane; v0 < end; v0 += step) {
+        A x[U][VEC];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            xentcy::load_vec(x_in + offset, (v0 + u * G) * VEC, limit, aligned != 0, neg_inf, x[u]);
+#pragma unroll
+        for (int u = 0; u < U; ++u) xentcy::online_fold(m, s, x[u]);
+    }
+    A shift, sum;
+    xentcy::combine_online(m, s, G, smem, shift, sum);
+    const A inv_s = A(1) / sum, log_s = xentcy::acc_log(sum);
+
+    for (int v0 = slot.lane; v0 < end; v0 += step) {
+        A x[U][VEC];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            xentcy::load_vec(x_in + offset, (v0 + u * G) * VEC, limit, aligned != 0, neg_inf, x[u]);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            A o[VEC];
+#pragma unroll
+            for (int i = 0; i < VEC; ++i)
+                o[i] = log_space != 0 ? (x[u][i] - shift) - log_s : xentcy::acc_exp(x[u][i] - shift) * inv_s;
+            xentcy::store_vec(out + offset, (v0 + u * G) * VEC, int(C), aligned != 0, o);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// logsumexp of each row into out (N,): m + log s, in the logits' dtype. One read.
+// ---------------------------------------------------------------------------------------
+
+template <typename T>
+__global__ void __launch_bounds__(1024)
+xentcy_logsumexp(const T* __restrict__ x_in, T* __restrict__ out, long long n_rows, long long C, int G,
+                 int aligned) {
+    using A = typename Acc<T>::type;
+    constexpr int VEC = Pack<T>::VEC;
+    constexpr int U = xentcy::kInFlight<T>;
+    __shared__ A smem[32][kMaxReduce];
+    const xentcy::RowSlot slot(G, n_rows);
+    const int limit = slot.active ? int(C) : 0;
+    const long long offset = slot.active ? slot.row * C : 0;
+    const int n_vec = int((C + VEC - 1) / VEC);
+    const int step = G * U;
+    const A neg_inf = -xentcy::acc_inf(A(0));
+
+    A m = neg_inf, s = A(0);
+    for (int v0 = slot.lane; v0 < (slot.active ? n_vec : 0); v0 += step) {
+        A x[U][VEC];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            xentcy::load_vec(x_in + offset, (v0 + u * G) * VEC, limit, aligned != 0, neg_inf, x[u]);
+#pragma unroll
+        for (int u = 0; u < U; ++u) xentcy::online_fold(m, s, x[u]);
+    }
+    A shift, sum;
+    xentcy::combine_online(m, s, G, smem, shift, sum);
+    if (slot.active && slot.lane == 0) out[slot.row] = xentcy::Convert<T>::from(shift + xentcy::acc_log(sum));
+}
