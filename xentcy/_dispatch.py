@@ -16,21 +16,22 @@ from ._checks import library_name
 
 
 def namespace(**arrays: Any) -> Any:
-    """The one array-API namespace of the named arrays (Python scalars and lists aside).
+    """The one array-API namespace of the named arguments.
 
+    The first must be an array; the others may also be None, a Python
+    scalar or a list (a class index, a weight), which take no part here.
     Arrays of two different libraries raise a TypeError that names both.
     """
     seen: dict[Any, tuple[str, Any]] = {}
-    for name, x in arrays.items():
-        if x is None or isinstance(x, (numbers.Number, list, tuple)):
+    for position, (name, x) in enumerate(arrays.items()):
+        if position > 0 and (x is None or isinstance(x, (numbers.Number, list, tuple))):
             continue
-        try:
-            xp = array_namespace(x)
-        except TypeError:
+        if isinstance(x, numbers.Number) or not array_api_compat.is_array_api_obj(x):
             raise TypeError(
                 f"{name} must be an array of an array-API library (NumPy, CuPy, PyTorch, JAX, ...), "
                 f"got {type(x).__name__}"
-            ) from None
+            )
+        xp = array_namespace(x)
         if seen and xp not in seen:
             ((first_name, first),) = seen.values()
             raise TypeError(
@@ -39,8 +40,6 @@ def namespace(**arrays: Any) -> Any:
                 "convert one to the other's library"
             )
         seen.setdefault(xp, (name, x))
-    if not seen:
-        raise TypeError("expected at least one array argument, got none")
     return next(iter(seen))
 
 

@@ -101,7 +101,7 @@ def cross_entropy_rows(call: Any, *, want_grad: bool, out: Any, grad_scale: floa
     s = xp.sum(xp.exp(z), axis=-1, keepdims=True)
     mass = xp.sum(wq, axis=-1, keepdims=True)  # sum_c w_c q_c
     # sum_c w_c q_c ((m - A_c) + log s); zero-mass classes add nothing, even at A_c = -inf
-    t = xp.sum(xp.where(wq != 0, wq * -z, xp.zeros_like(z)), axis=-1, keepdims=True)
+    t = xp.sum(wq * xp.where(wq != 0, -z, xp.zeros_like(z)), axis=-1, keepdims=True)
     loss = t + xp.where(mass != 0, mass * xp.log(s), xp.zeros_like(mass))
     loss = xp.astype(loss[..., 0], _accumulation_dtype(xp, logits))
     if not want_grad:

@@ -1,0 +1,121 @@
+"""Independent float64 NumPy reference for the tests.
+
+Written from the formulas in ``spec/cross-entropy.md`` and ``spec/api.md``;
+it never imports xentcy. Everything is computed in float64 in the
+max-shifted form: with m = max_c A_c and s = sum_c exp(A_c - m),
+log p_c = (A_c - m) - log s. Classes whose weighted target mass w_c q_c is
+0 contribute nothing to the loss, even where A_c is -inf.
+
+Per sample (q the smoothed target distribution, w the class weights):
+
+    loss_i = -sum_c w_c q_c log p_c
+    grad_i = (p * sum_c w_c q_c - w * q) / D
+
+where D is the mean's denominator (1 for "sum" and "none").
+"""
+
+import numpy as np
+
+
+def logsumexp(x, axis=-1, keepdims=False):
+    x = np.asarray(x, dtype=np.float64)
+    m = np.max(x, axis=axis, keepdims=True)
+    # An all -inf (or +inf) row has no finite shift; 0 keeps exp() exact there.
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+    return out if keepdims else np.squeeze(out, axis=axis)
+
+
+def log_softmax(x, axis=-1):
+    x = np.asarray(x, dtype=np.float64)
+    return x - logsumexp(x, axis=axis, keepdims=True)
+
+
+def softmax(x, axis=-1):
+    x = np.asarray(x, dtype=np.float64)
+    m = np.max(x, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    e = np.exp(x - m)
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def _flatten(logits, target, axis, ignore_index, label_smoothing):
+    """Move the class axis last and flatten the batch axes.
+
+    Returns A (M, C) float64 logits, q (M, C) the smoothed target
+    distribution (zero on ignored samples), y (M,) the class indices or None
+    for probability targets, valid (M,) False on ignored samples, and the
+    batch shape.
+    """
+    A = np.moveaxis(logits, axis, -1)
+    batch_shape = A.shape[:-1]
+    C = A.shape[-1]
+    A = A.reshape(-1, C)
+    target = np.asarray(target)
+    if target.ndim == logits.ndim - 1:
+        y = target.reshape(-1).astype(np.int64)
+        valid = y != ignore_index
+        q = np.zeros_like(A)
+        rows = np.nonzero(valid)[0]
+        q[rows, y[rows]] = 1.0
+    else:
+        y = None
+        q = np.moveaxis(target.astype(np.float64), axis, -1).reshape(-1, C)
+        valid = np.ones(A.shape[0], dtype=bool)
+    if label_smoothing:
+        q = (1.0 - label_smoothing) * q + label_smoothing / C
+        q[~valid] = 0.0
+    return A, q, y, valid, batch_shape
+
+
+def cross_entropy_and_grad(logits, target, axis=-1, weight=None, ignore_index=-100,
+                           label_smoothing=0.0, reduction="mean"):
+    """Return (loss, grad) in float64; grad has the logits' shape."""
+    logits = np.asarray(logits, dtype=np.float64)
+    axis = axis % logits.ndim
+    A, q, y, valid, batch_shape = _flatten(
+        logits, target, axis, ignore_index, label_smoothing)
+    M, C = A.shape
+    w = np.ones(C) if weight is None else np.asarray(weight, dtype=np.float64)
+
+    m = np.max(A, axis=-1, keepdims=True) if C else np.zeros((M, 1))
+    m = np.where(np.isfinite(m), m, 0.0)
+    e = np.exp(A - m)
+    s = np.sum(e, axis=-1, keepdims=True)
+    p = e / s
+    wq = w * q
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # (m - A_c) + log s: the loss term without cancellation.
+        neg_log_p = (m - A) + np.log(s)
+        terms = np.where(wq != 0.0, wq * neg_log_p, 0.0)
+    per_sample = np.sum(terms, axis=-1)
+    # A NaN logit poisons its sample even where its target mass is 0.
+    per_sample = np.where(np.isnan(A).any(axis=-1), np.nan, per_sample)
+
+    if reduction != "mean":
+        D = 1.0
+    elif y is not None:
+        D = float(np.sum(w[y[valid]]))
+    else:
+        D = float(M)
+    if reduction == "none":
+        loss = per_sample.reshape(batch_shape)
+    elif reduction == "sum":
+        loss = np.float64(np.sum(per_sample))
+    else:
+        loss = np.float64(np.nan) if D == 0 else np.float64(np.sum(per_sample) / D)
+
+    with np.errstate(invalid="ignore"):
+        g = p * np.sum(wq, axis=-1, keepdims=True) - wq
+    g = np.zeros_like(g) if D == 0 else g / D
+    grad = np.moveaxis(g.reshape(batch_shape + (C,)), -1, axis)
+    return loss, grad
+
+
+def cross_entropy(logits, target, **kwargs):
+    return cross_entropy_and_grad(logits, target, **kwargs)[0]
+
+
+def cross_entropy_grad(logits, target, **kwargs):
+    return cross_entropy_and_grad(logits, target, **kwargs)[1]
