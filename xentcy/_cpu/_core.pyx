@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""The CPU kernels: one row of logits at a time, rows in parallel.
+"""The CPU kernels: Cython glue around the SIMD row kernels of xent_rows.h.
 
 Every kernel takes a 2-D view A of shape (N, C) whose class axis is last with
 unit stride (rows may have any stride); the Python glue in ``xentcy._cpu``
@@ -9,12 +9,16 @@ equal to ``ignore_index``, and buffers have the right shapes.
 Per row, with m = max_c A_c and s = sum_c exp(A_c - m):
     log p_c = -((m - A_c) + log s)
 both terms of which are >= 0, so the loss keeps its digits whatever the
-logits' offset. Scalars are accumulated in double for both dtypes.
+logits' offset. The kernels exist once per instruction set (AVX-512,
+AVX2 + FMA, baseline); the best one this CPU runs is picked at import.
+Rows are split among OpenMP threads in contiguous ranges, and a row's result
+does not depend on the split.
 """
 
 from cython.parallel cimport prange
-from libc.math cimport exp, log, INFINITY, isfinite
-from libc.string cimport memset
+from libc.stddef cimport ptrdiff_t
+
+import numpy as np
 
 cdef extern from *:
     """
@@ -30,12 +34,46 @@ cdef extern from *:
     int xentcy_openmp_enabled() nogil
     int xentcy_max_threads() nogil
 
+cdef extern from "xent_dispatch.h" nogil:
+    ctypedef struct xent_args:
+        const char* A
+        ptrdiff_t a_stride
+        const ptrdiff_t* y
+        const char* Q
+        ptrdiff_t q_stride
+        const void* w
+        double w_sum, eps, scale
+        ptrdiff_t ignore_index
+        char* G
+        ptrdiff_t g_stride
+        void* out
+        ptrdiff_t C
+        int log_space
+        int nt_store
+    ctypedef void (*xent_rows_fn)(const xent_args*, ptrdiff_t, ptrdiff_t, void*) noexcept nogil
+    ctypedef struct xent_kernels:
+        const char* name
+        xent_rows_fn cross_entropy[2]
+        xent_rows_fn softmax[2]
+        xent_rows_fn logsumexp[2]
+        void (*exp_f32)(const float*, float*, ptrdiff_t) noexcept nogil
+        void (*exp_f64)(const double*, double*, ptrdiff_t) noexcept nogil
+    const xent_kernels* xent_tables
+    int XENT_N_ISA
+    int xent_isa_supported(int isa)
+    int xent_best_isa()
+
 ctypedef fused floating:
     float
     double
 
 # Below this many elements a call runs on one thread: waking the others costs more.
 cdef Py_ssize_t PARALLEL_MIN_ELEMENTS = 1 << 15
+# From this many bytes on, the gradient is written with non-temporal stores,
+# as memcpy does: it would not stay in the caches anyway.
+cdef Py_ssize_t STREAM_MIN_BYTES = 1 << 23
+
+cdef const xent_kernels* _kernels = &xent_tables[xent_best_isa()]
 
 
 def openmp_enabled():
@@ -43,101 +81,63 @@ def openmp_enabled():
     return bool(xentcy_openmp_enabled())
 
 
-cdef int _threads(Py_ssize_t n_rows, Py_ssize_t n_cols) noexcept nogil:
-    if n_rows * n_cols < PARALLEL_MIN_ELEMENTS or n_rows < 2:
+def isa():
+    """The instruction set of the kernels in use: 'avx512', 'avx2' or 'baseline'."""
+    return _kernels.name.decode()
+
+
+def supported_isas():
+    """The instruction sets this CPU runs, best last."""
+    return [xent_tables[i].name.decode() for i in range(XENT_N_ISA) if xent_isa_supported(i)]
+
+
+def set_isa(str name):
+    """Use the kernels of instruction set ``name`` (for tests and benchmarks); returns the previous one."""
+    global _kernels
+    previous = isa()
+    for i in range(XENT_N_ISA):
+        if xent_tables[i].name.decode() == name:
+            if not xent_isa_supported(i):
+                raise ValueError(f"this CPU does not run the {name} kernels")
+            _kernels = &xent_tables[i]
+            return previous
+    raise ValueError(f"unknown instruction set {name!r}, expected one of {supported_isas()}")
+
+
+def vector_exp(const floating[:] x, floating[:] out):
+    """exp of every element of x into out with the kernels' vector exp (for the tests)."""
+    if x.shape[0] == 0:
+        return
+    if floating is float:
+        _kernels.exp_f32(&x[0], &out[0], x.shape[0])
+    else:
+        _kernels.exp_f64(&x[0], &out[0], x.shape[0])
+
+
+cdef int _threads(Py_ssize_t N, Py_ssize_t C) noexcept nogil:
+    if N * C < PARALLEL_MIN_ELEMENTS or N < 2:
         return 1
     return xentcy_max_threads()
 
 
-cdef inline double _shift(const floating* a, Py_ssize_t C) noexcept nogil:
-    # m = max_c A_c; a non-finite max (all -inf, +inf, empty row) shifts by 0
-    # instead, so that A_c - m never becomes inf - inf.
-    cdef double m = -INFINITY
-    cdef Py_ssize_t c
-    for c in range(C):
-        if a[c] > m:
-            m = a[c]
-    return m if isfinite(m) else 0.0
+cdef void _run(xent_rows_fn fn, const xent_args* k, Py_ssize_t N, int n_threads,
+               char* scratch, Py_ssize_t scratch_stride) noexcept nogil:
+    """fn over the rows [0, N): one contiguous range, and one scratch row, per thread."""
+    cdef int t
+    if n_threads <= 1:
+        fn(k, 0, N, scratch)
+        return
+    for t in prange(n_threads, schedule="static", num_threads=n_threads):
+        fn(k, t * N // n_threads, (t + 1) * N // n_threads, scratch + t * scratch_stride)
 
 
-cdef inline double _sum_exp(const floating* a, Py_ssize_t C, double m) noexcept nogil:
-    # s = sum_c exp(A_c - m); a NaN logit makes s NaN, and so its row's results.
-    cdef double s = 0.0
-    cdef Py_ssize_t c
-    for c in range(C):
-        s = s + exp(a[c] - m)
-    return s
+cdef object _scratch(int n_threads, Py_ssize_t C, dtype):
+    """Per-thread room for a row of exp(A_c - m) and the kernels' block shifts."""
+    return np.empty((n_threads, C + C // 64 + 2), dtype)
 
 
-cdef inline double _index_row(
-    const floating* a, Py_ssize_t C, Py_ssize_t y, const floating* w, double w_sum,
-    double eps, double scale, floating* g,
-) noexcept nogil:
-    """Loss of one row with class index y; writes its gradient times ``scale`` into g.
-
-    q_c = (1 - eps) [c == y] + eps / C; w is NULL without class weights and
-    then w_sum = C; g is NULL for the forward pass alone.
-    """
-    cdef double m = _shift(a, C)
-    cdef double s = _sum_exp(a, C, m)
-    cdef double log_s = log(s)
-    cdef double w_y = w[y] if w != NULL else 1.0
-    cdef double smooth = eps / C
-    cdef double loss = 0.0, t = 0.0, w_c, inv_s, total_mass
-    cdef Py_ssize_t c
-    if (1.0 - eps) * w_y != 0.0:
-        # (1 - eps) w_y (-log p_y): skipped at zero mass, where A_y may be -inf
-        loss = (1.0 - eps) * w_y * ((m - a[y]) + log_s)
-    if eps != 0.0:
-        # (eps / C) sum_c w_c (-log p_c) = (eps / C) (sum_c w_c (m - A_c) + log s sum_c w_c)
-        for c in range(C):
-            w_c = w[c] if w != NULL else 1.0
-            if w_c != 0.0:
-                t = t + w_c * (m - a[c])
-        loss = loss + smooth * (t + w_sum * log_s)
-    if g != NULL:
-        if scale == 0.0:
-            memset(g, 0, C * sizeof(floating))
-            return loss
-        # dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c)
-        total_mass = (1.0 - eps) * w_y + smooth * w_sum
-        inv_s = 1.0 / s
-        for c in range(C):
-            w_c = w[c] if w != NULL else 1.0
-            g[c] = <floating>(scale * (exp(a[c] - m) * inv_s * total_mass - w_c * smooth))
-        g[y] = <floating>(scale * (exp(a[y] - m) * inv_s * total_mass - w_y * (smooth + 1.0 - eps)))
-    return loss
-
-
-cdef inline double _prob_row(
-    const floating* a, const floating* q, Py_ssize_t C, const floating* w,
-    double eps, double scale, floating* g,
-) noexcept nogil:
-    """Loss of one row with target probabilities q, smoothed to (1 - eps) q + eps / C."""
-    cdef double m = _shift(a, C)
-    cdef double s = 0.0, t = 0.0, total_mass = 0.0, q_c, wq, inv_s, loss
-    cdef double smooth = eps / C
-    cdef Py_ssize_t c
-    for c in range(C):
-        s = s + exp(a[c] - m)
-        q_c = (1.0 - eps) * q[c] + smooth
-        wq = q_c * (w[c] if w != NULL else 1.0)
-        if wq != 0.0:
-            # sum_c w_c q_c (m - A_c), skipping zero mass where A_c may be -inf
-            t = t + wq * (m - a[c])
-            total_mass = total_mass + wq
-    # loss = sum_c w_c q_c ((m - A_c) + log s)
-    loss = t + total_mass * log(s) if total_mass != 0.0 else t
-    if g != NULL:
-        if scale == 0.0:
-            memset(g, 0, C * sizeof(floating))
-            return loss
-        inv_s = 1.0 / s
-        for c in range(C):
-            q_c = (1.0 - eps) * q[c] + smooth
-            wq = q_c * (w[c] if w != NULL else 1.0)
-            g[c] = <floating>(scale * (exp(a[c] - m) * inv_s * total_mass - wq))
-    return loss
+cdef inline int _dtype(floating* unused) noexcept nogil:
+    return 0 if floating is float else 1
 
 
 def cross_entropy_index(
@@ -153,25 +153,31 @@ def cross_entropy_index(
     double[:] loss,
 ):
     """Per-row losses of class-index targets into ``loss``; gradient into G if ``want_grad``."""
-    cdef Py_ssize_t N = A.shape[0], C = A.shape[1], i, c
-    cdef const floating* w = &weight[0] if has_weight else NULL
-    cdef double w_sum = 0.0
-    cdef floating* g_row
-    cdef int n_threads = _threads(N, C)
+    cdef Py_ssize_t N = A.shape[0], C = A.shape[1], c
+    cdef xent_args k
+    if N == 0:
+        return
+    k.A = <const char*>&A[0, 0]
+    k.a_stride = A.strides[0]
+    k.y = <const ptrdiff_t*>&y[0]
+    k.Q = NULL
+    k.w = &weight[0] if has_weight else NULL
+    k.w_sum = C
     if has_weight:
+        k.w_sum = 0.0
         for c in range(C):
-            w_sum += w[c]
-    else:
-        w_sum = C
+            k.w_sum += weight[c]
+    k.eps, k.scale, k.ignore_index = eps, scale, ignore_index
+    k.G = <char*>&G[0, 0] if want_grad else NULL
+    k.g_stride = G.strides[0] if want_grad else 0
+    k.out = &loss[0]
+    k.C = C
+    k.nt_store = want_grad and N * C * <Py_ssize_t>sizeof(floating) >= STREAM_MIN_BYTES
+    cdef int n_threads = _threads(N, C)
+    cdef floating[:, ::1] scratch = _scratch(n_threads, C, np.float32 if floating is float else np.float64)
     with nogil:
-        for i in prange(N, schedule="static", num_threads=n_threads):
-            g_row = &G[i, 0] if want_grad else NULL
-            if y[i] == ignore_index:
-                loss[i] = 0.0
-                if want_grad:
-                    memset(g_row, 0, C * sizeof(floating))
-            else:
-                loss[i] = _index_row(&A[i, 0], C, y[i], w, w_sum, eps, scale, g_row)
+        _run(_kernels.cross_entropy[_dtype(<floating*>NULL)], &k, N, n_threads,
+             <char*>&scratch[0, 0], scratch.strides[0])
 
 
 def cross_entropy_prob(
@@ -186,46 +192,57 @@ def cross_entropy_prob(
     double[:] loss,
 ):
     """Per-row losses of probability targets into ``loss``; gradient into G if ``want_grad``."""
-    cdef Py_ssize_t N = A.shape[0], C = A.shape[1], i
-    cdef const floating* w = &weight[0] if has_weight else NULL
-    cdef floating* g_row
+    cdef Py_ssize_t N = A.shape[0], C = A.shape[1]
+    cdef xent_args k
+    if N == 0:
+        return
+    k.A = <const char*>&A[0, 0]
+    k.a_stride = A.strides[0]
+    k.y = NULL
+    k.Q = <const char*>&Q[0, 0]
+    k.q_stride = Q.strides[0]
+    k.w = &weight[0] if has_weight else NULL
+    k.eps, k.scale = eps, scale
+    k.G = <char*>&G[0, 0] if want_grad else NULL
+    k.g_stride = G.strides[0] if want_grad else 0
+    k.out = &loss[0]
+    k.C = C
+    k.nt_store = want_grad and N * C * <Py_ssize_t>sizeof(floating) >= STREAM_MIN_BYTES
     cdef int n_threads = _threads(N, C)
+    cdef floating[:, ::1] scratch = _scratch(n_threads, C, np.float32 if floating is float else np.float64)
     with nogil:
-        for i in prange(N, schedule="static", num_threads=n_threads):
-            g_row = &G[i, 0] if want_grad else NULL
-            loss[i] = _prob_row(&A[i, 0], &Q[i, 0], C, w, eps, scale, g_row)
+        _run(_kernels.cross_entropy[_dtype(<floating*>NULL)], &k, N, n_threads,
+             <char*>&scratch[0, 0], scratch.strides[0])
 
 
 def softmax(const floating[:, :] A, floating[:, :] out, bint log_space):
     """softmax (or log_softmax where ``log_space``) of each row of A into ``out``."""
-    cdef Py_ssize_t N = A.shape[0], C = A.shape[1], i, c
-    cdef double m, s, inv_s, log_s
-    cdef const floating* a
-    cdef floating* o
+    cdef Py_ssize_t N = A.shape[0], C = A.shape[1]
+    cdef xent_args k
+    if N == 0 or C == 0:
+        return
+    k.A = <const char*>&A[0, 0]
+    k.a_stride = A.strides[0]
+    k.G = <char*>&out[0, 0]
+    k.g_stride = out.strides[0]
+    k.C = C
+    k.log_space = log_space
     cdef int n_threads = _threads(N, C)
+    cdef floating[:, ::1] scratch = _scratch(n_threads, C, np.float32 if floating is float else np.float64)
     with nogil:
-        for i in prange(N, schedule="static", num_threads=n_threads):
-            a = &A[i, 0]
-            o = &out[i, 0]
-            m = _shift(a, C)
-            s = _sum_exp(a, C, m)
-            if log_space:
-                # log p_c = (A_c - m) - log s
-                log_s = log(s)
-                for c in range(C):
-                    o[c] = <floating>((a[c] - m) - log_s)
-            else:
-                inv_s = 1.0 / s
-                for c in range(C):
-                    o[c] = <floating>(exp(a[c] - m) * inv_s)
+        _run(_kernels.softmax[_dtype(<floating*>NULL)], &k, N, n_threads,
+             <char*>&scratch[0, 0], scratch.strides[0])
 
 
 def logsumexp(const floating[:, :] A, floating[:] out):
     """log sum_c exp(A_c) of each row of A into ``out``."""
-    cdef Py_ssize_t N = A.shape[0], C = A.shape[1], i
-    cdef double m
-    cdef int n_threads = _threads(N, C)
+    cdef Py_ssize_t N = A.shape[0], C = A.shape[1]
+    cdef xent_args k
+    if N == 0 or C == 0:
+        return
+    k.A = <const char*>&A[0, 0]
+    k.a_stride = A.strides[0]
+    k.out = &out[0]
+    k.C = C
     with nogil:
-        for i in prange(N, schedule="static", num_threads=n_threads):
-            m = _shift(&A[i, 0], C)
-            out[i] = <floating>(m + log(_sum_exp(&A[i, 0], C, m)))
+        _run(_kernels.logsumexp[_dtype(<floating*>NULL)], &k, N, _threads(N, C), NULL, 0)

@@ -1,0 +1,131 @@
+/* The row kernels compiled once per instruction set, and the choice among them.
+ *
+ * x86-64: AVX-512 (F, DQ, BW, VL), AVX2 + FMA and the SSE2 baseline, each
+ * compiled through a target attribute from the same source, picked at import
+ * by __builtin_cpu_supports. Elsewhere (aarch64: NEON) one plain build.
+ * No -march flag: the module loads on any CPU of its architecture.
+ */
+#ifndef XENT_DISPATCH_H
+#define XENT_DISPATCH_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define XENT_X86 1
+#else
+#define XENT_X86 0
+#endif
+
+/* Up to this many classes, rows go one per vector lane (xent_rows.h). */
+#define XENT_SMALL_C 64
+
+/* One call: (N, C) logits A with contiguous classes; strides are in bytes. */
+typedef struct {
+    const char* A;
+    ptrdiff_t a_stride;
+    const ptrdiff_t* y;   /* class indices, or NULL with Q */
+    const char* Q;        /* class probabilities, or NULL with y */
+    ptrdiff_t q_stride;
+    const void* w;        /* C class weights, or NULL */
+    double w_sum, eps, scale;
+    ptrdiff_t ignore_index;
+    char* G;              /* gradient (or softmax) rows, or NULL */
+    ptrdiff_t g_stride;
+    void* out;            /* per-row losses (double) or logsumexp (the logits' dtype) */
+    ptrdiff_t C;
+    int log_space;
+    int nt_store;         /* write G with non-temporal stores (G much larger than the caches) */
+} xent_args;
+
+/* The rows [begin, end) of a call; scratch holds C + C / 64 + 2 values of the dtype, per thread. */
+typedef void (*xent_rows_fn)(const xent_args*, ptrdiff_t begin, ptrdiff_t end, void* scratch);
+
+typedef struct {
+    const char* name;
+    xent_rows_fn cross_entropy[2];  /* [0] float, [1] double */
+    xent_rows_fn softmax[2];
+    xent_rows_fn logsumexp[2];
+    void (*exp_f32)(const float*, float*, ptrdiff_t);
+    void (*exp_f64)(const double*, double*, ptrdiff_t);
+} xent_kernels;
+
+#define XENT_CAT_(a, b, c) a##_##b##_##c
+#define XENT_CAT(a, b, c) XENT_CAT_(a, b, c)
+
+
+/* One (instruction set, dtype) pair at a time. */
+#if XENT_X86
+#define XENT_ISA avx512
+#define XENT_VBYTES 64
+#define XENT_AVX512 1
+#define XENT_TARGET __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")))
+#include "xent_pair.h"
+#undef XENT_ISA
+#undef XENT_VBYTES
+#undef XENT_AVX512
+#undef XENT_TARGET
+
+#define XENT_ISA avx2
+#define XENT_VBYTES 32
+#define XENT_AVX512 0
+#define XENT_TARGET __attribute__((target("avx2,fma")))
+#include "xent_pair.h"
+#undef XENT_ISA
+#undef XENT_VBYTES
+#undef XENT_AVX512
+#undef XENT_TARGET
+#endif
+
+#define XENT_ISA baseline
+#define XENT_VBYTES 16
+#define XENT_AVX512 0
+#define XENT_TARGET
+#include "xent_pair.h"
+#undef XENT_ISA
+#undef XENT_VBYTES
+#undef XENT_AVX512
+#undef XENT_TARGET
+
+#define XENT_TABLE(isa)                                                                     \
+    {#isa,                                                                                  \
+     {cross_entropy_##isa##_f32, cross_entropy_##isa##_f64},                                \
+     {softmax_##isa##_f32, softmax_##isa##_f64},                                            \
+     {logsumexp_##isa##_f32, logsumexp_##isa##_f64},                                        \
+     exp_array_##isa##_f32, exp_array_##isa##_f64}
+
+enum { XENT_BASELINE = 0, XENT_AVX2 = 1, XENT_AVX512_ISA = 2, XENT_N_ISA = 3 };
+
+static const xent_kernels xent_tables[XENT_N_ISA] = {
+    XENT_TABLE(baseline),
+#if XENT_X86
+    XENT_TABLE(avx2),
+    XENT_TABLE(avx512),
+#endif
+};
+
+/* Whether this CPU runs the kernels of instruction set isa (XENT_BASELINE, ...). */
+static int xent_isa_supported(int isa) {
+    if (isa == XENT_BASELINE)
+        return 1;
+#if XENT_X86
+    __builtin_cpu_init();
+    if (isa == XENT_AVX2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (isa == XENT_AVX512_ISA)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+#endif
+    return 0;
+}
+
+static int xent_best_isa(void) {
+    int isa = XENT_N_ISA - 1;
+    while (!xent_isa_supported(isa))
+        isa--;
+    return isa;
+}
+
+#endif

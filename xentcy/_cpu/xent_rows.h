@@ -1,0 +1,403 @@
+/* The row kernels for one (instruction set, dtype) pair; see xent_simd.h for the macros.
+ *
+ * Each kernel computes the rows [begin, end) of an xent_args call. A row's
+ * result depends on that row alone (never on begin, end or the lanes it
+ * shares a vector with), so any split of the rows among threads gives the
+ * same numbers.
+ *
+ * Per row, with m = max_c A_c and s = sum_c exp(A_c - m) (a non-finite max
+ * shifts by 0 instead), the loss term of class c is (m - A_c) + log s and the
+ * gradient scale (p_c sum_k w_k q_k - w_c q_c), p_c = exp(A_c - m) / s.
+ */
+
+#include "xent_simd.h"
+
+/* Elements per block of the one-pass max-and-sum: 4 KiB, so a block is read
+ * from memory once and again from L1. */
+#define BLK (64 * W)
+
+#define ROW(base, stride, i) ((const T*)((base) + (i) * (stride)))
+#define OUT_ROW(base, stride, i) ((T*)((base) + (i) * (stride)))
+
+/* The lanes l < n set. */
+XI IV XN(lanes_below)(ptrdiff_t n) {
+    IV idx;
+    for (ptrdiff_t l = 0; l < W; l++)
+        idx[l] = l;
+    return idx < (IV){0} + (XN(int_t))n;
+}
+
+/* sum_{c < n} exp(A_c - shift), the terms also into e unless it is NULL:
+ * float partial sums per block, double across blocks. */
+XI double XN(sum_exp)(const T* a, ptrdiff_t n, T shift, T* e) {
+    V vs = XN(splat)(shift), x0, x1;
+    double s = 0.0;
+    for (ptrdiff_t c0 = 0; c0 < n; c0 += BLK) {
+        ptrdiff_t end = c0 + BLK < n ? c0 + BLK : n, c = c0;
+        V acc0 = XN(splat)(0), acc1 = XN(splat)(0);
+        for (; c + 2 * W <= end; c += 2 * W) {
+            x0 = XN(exp)(XN(load)(a + c) - vs);
+            x1 = XN(exp)(XN(load)(a + c + W) - vs);
+            acc0 += x0;
+            acc1 += x1;
+            if (e) {
+                XN(store)(e + c, x0);
+                XN(store)(e + c + W, x1);
+            }
+        }
+        for (; c + W <= end; c += W) {
+            x0 = XN(exp)(XN(load)(a + c) - vs);
+            acc0 += x0;
+            if (e)
+                XN(store)(e + c, x0);
+        }
+        if (c < end) {
+            /* the padding is -inf: exp(-inf - shift) = 0 */
+            x1 = XN(exp)(XN(load_part)(a + c, end - c, -INFINITY) - vs);
+            acc1 += x1;
+            if (e)
+                XN(store_part)(e + c, x1, end - c);
+        }
+        s += XN(hsum)(acc0 + acc1);
+    }
+    return s;
+}
+
+/* m = max_c A_c and s = sum_c exp(A_c - m) in one pass over memory: per block,
+ * its max first, then its sum from L1, s rescaled by exp(m_old - m_new)
+ * whenever m grows. A NaN logit makes s NaN. Unless e is NULL, exp(A_c - m)
+ * goes into e[0, C) (scratch for the gradient pass: A is read from memory
+ * once), e[C, ...) holding the shift of each block meanwhile. */
+static XENT_TARGET void XN(max_sum_exp)(const T* a, ptrdiff_t C, T* e, T* m_out, double* s_out) {
+    T m = -INFINITY, *shifts = e ? e + C : NULL;
+    double s = 0.0;
+    for (ptrdiff_t c0 = 0; c0 < C; c0 += BLK) {
+        const T* b = a + c0;
+        ptrdiff_t n = C - c0 < BLK ? C - c0 : BLK, c = 0;
+        V bm0 = XN(splat)(-INFINITY), bm1 = bm0;
+        for (; c + 2 * W <= n; c += 2 * W) {
+            bm0 = XN(max)(XN(load)(b + c), bm0);
+            bm1 = XN(max)(XN(load)(b + c + W), bm1);
+        }
+        for (; c + W <= n; c += W)
+            bm0 = XN(max)(XN(load)(b + c), bm0);
+        if (c < n)
+            bm1 = XN(max)(XN(load_part)(b + c, n - c, -INFINITY), bm1);
+        T block_max = XN(hmax)(XN(max)(bm0, bm1));
+        if (block_max > m) {
+            /* s so far is 0 or NaN while m is -inf: keep it as it is */
+            if (s != 0.0 && isfinite(m))
+                s *= exp((double)m - (double)block_max);
+            m = block_max;
+        }
+        if (shifts)
+            shifts[c0 / BLK] = isfinite(m) ? m : 0;
+        s += XN(sum_exp)(b, n, isfinite(m) ? m : 0, e ? e + c0 : NULL);
+    }
+    if (!isfinite(m)) {
+        /* all -inf, or a +inf logit: shift by 0, as the definition says */
+        m = 0;
+        s = XN(sum_exp)(a, C, 0, e);
+    } else if (e) {
+        /* the blocks summed before m reached its final value: exp(A_c - m_b) exp(m_b - m) */
+        for (ptrdiff_t c0 = 0; c0 < C && shifts[c0 / BLK] != m; c0 += BLK) {
+            ptrdiff_t end = C - c0 < BLK ? C : c0 + BLK, c = c0;
+            V f = XN(splat)((T)exp((double)shifts[c0 / BLK] - (double)m));
+            for (; c + W <= end; c += W)
+                XN(store)(e + c, XN(load)(e + c) * f);
+            for (; c < end; c++)
+                e[c] *= f[0];
+        }
+    }
+    *m_out = m;
+    *s_out = s;
+}
+
+/* w_c q_c for the vector of classes at c: q_c = onem Q_c + smooth (q NULL: smooth),
+ * w_c = 1 where w is NULL. */
+XI V XN(target_mass)(const T* q, const T* w, ptrdiff_t c, T onem, T smooth) {
+    V wq = q ? XN(load)(q + c) * onem + smooth : XN(splat)(smooth);
+    return w ? wq * XN(load)(w + c) : wq;
+}
+
+XI V XN(target_mass_part)(const T* q, const T* w, ptrdiff_t c, ptrdiff_t n, T onem, T smooth) {
+    V wq = q ? XN(load_part)(q + c, n, 0) * onem + smooth : XN(splat)(smooth);
+    wq = w ? wq * XN(load_part)(w + c, n, 0) : wq;
+    return XN(select)(XN(lanes_below)(n), wq, XN(splat)(0));
+}
+
+/* t = sum_c w_c q_c (m - A_c) over the classes of nonzero mass (A_c may be -inf
+ * where the mass is 0), and total = sum_c w_c q_c. */
+static XENT_TARGET double XN(mass_gap)(
+    const T* a, const T* q, const T* w, ptrdiff_t C, T m, T onem, T smooth, double* total
+) {
+    V vm = XN(splat)(m), zero = XN(splat)(0);
+    double t = 0.0, tot = 0.0;
+    for (ptrdiff_t c0 = 0; c0 < C; c0 += BLK) {
+        ptrdiff_t end = c0 + BLK < C ? c0 + BLK : C, c = c0;
+        V acc_t = zero, acc_m = zero, wq;
+        for (; c + W <= end; c += W) {
+            wq = XN(target_mass)(q, w, c, onem, smooth);
+            acc_t += XN(select)(wq != 0, wq * (vm - XN(load)(a + c)), zero);
+            acc_m += wq;
+        }
+        if (c < end) {
+            wq = XN(target_mass_part)(q, w, c, end - c, onem, smooth);
+            acc_t += XN(select)(wq != 0, wq * (vm - XN(load_part)(a + c, end - c, 0)), zero);
+            acc_m += wq;
+        }
+        t += XN(hsum)(acc_t);
+        tot += XN(hsum)(acc_m);
+    }
+    *total = tot;
+    return t;
+}
+
+/* g_c = k1 e_c - scale w_c q_c with e_c = exp(A_c - m) and k1 = scale sum_k w_k q_k / s:
+ * the gradient. Where nt, g is written around the caches (it is not read again
+ * soon, and the store skips reading g's lines from memory first). */
+static XENT_TARGET void XN(grad_row)(
+    const T* e, const T* q, const T* w, ptrdiff_t C, T k1, T onem, T smooth, T scale, T* g, int nt
+) {
+    ptrdiff_t c = 0, head = 0;
+    if (nt && (uintptr_t)g % sizeof(T) == 0)
+        head = (ptrdiff_t)((XENT_VBYTES - (uintptr_t)g % XENT_VBYTES) % XENT_VBYTES / sizeof(T));
+    else
+        nt = 0;
+    head = head < C ? head : C;
+    if (head > 0) {
+        XN(store_part)(g, XN(load_part)(e, head, 0) * k1 - XN(target_mass_part)(q, w, 0, head, onem, smooth) * scale, head);
+        c = head;
+    }
+    if (nt) {
+        for (; c + W <= C; c += W)
+            XN(stream)(g + c, XN(load)(e + c) * k1 - XN(target_mass)(q, w, c, onem, smooth) * scale);
+    } else {
+        for (; c + W <= C; c += W)
+            XN(store)(g + c, XN(load)(e + c) * k1 - XN(target_mass)(q, w, c, onem, smooth) * scale);
+    }
+    if (c < C)
+        XN(store_part)(g + c, XN(load_part)(e + c, C - c, 0) * k1 - XN(target_mass_part)(q, w, c, C - c, onem, smooth) * scale, C - c);
+}
+
+/* Loss of one row with class index y; its gradient times scale into g (NULL: none). */
+static XENT_TARGET double XN(index_row)(const xent_args* k, const T* a, ptrdiff_t y, T* g, T* e) {
+    const T* w = (const T*)k->w;
+    ptrdiff_t C = k->C;
+    double eps = k->eps, smooth = eps / C, w_y = w ? w[y] : 1.0, log_s, loss = 0.0, s, total_mass, t;
+    T m, a_y = a[y];  /* read before g, which may be a itself, is written */
+    XN(max_sum_exp)(a, C, g ? e : NULL, &m, &s);
+    log_s = log(s);
+    if ((1.0 - eps) * w_y != 0.0)
+        /* (1 - eps) w_y (-log p_y): skipped at zero mass, where A_y may be -inf */
+        loss = (1.0 - eps) * w_y * (((double)m - a_y) + log_s);
+    if (eps != 0.0) {
+        /* (eps / C) sum_c w_c (-log p_c) = (eps / C) (sum_c w_c (m - A_c) + log s sum_c w_c) */
+        t = XN(mass_gap)(a, NULL, w, C, m, 0, 1, &total_mass);
+        loss += smooth * (t + k->w_sum * log_s);
+    }
+    if (g) {
+        if (k->scale == 0.0) {
+            memset(g, 0, C * sizeof(T));
+            return loss;
+        }
+        /* dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c), q_c = eps / C off the target */
+        total_mass = (1.0 - eps) * w_y + smooth * k->w_sum;
+        XN(grad_row)(e, NULL, w, C, (T)(k->scale * total_mass / s), 0, (T)smooth, (T)k->scale, g, k->nt_store);
+        /* ... and q_y = 1 - eps + eps / C on it */
+        /* (the same sum as total_mass for C = 1, so that the gradient is then exactly 0) */
+        g[y] = (T)(k->scale * (exp((double)a_y - m) / s * total_mass - ((1.0 - eps) * w_y + smooth * w_y)));
+    }
+    return loss;
+}
+
+/* Loss of one row with target probabilities Q, smoothed to (1 - eps) Q + eps / C. */
+static XENT_TARGET double XN(prob_row)(const xent_args* k, const T* a, const T* q, T* g, T* e) {
+    ptrdiff_t C = k->C;
+    double eps = k->eps, s, total_mass, t;
+    T m;
+    XN(max_sum_exp)(a, C, g ? e : NULL, &m, &s);
+    t = XN(mass_gap)(a, q, (const T*)k->w, C, m, (T)(1.0 - eps), (T)(eps / C), &total_mass);
+    if (g) {
+        if (k->scale == 0.0)
+            memset(g, 0, C * sizeof(T));
+        else
+            XN(grad_row)(
+                e, q, (const T*)k->w, C, (T)(k->scale * total_mass / s), (T)(1.0 - eps), (T)(eps / C),
+                (T)k->scale, g, k->nt_store
+            );
+    }
+    /* loss = sum_c w_c q_c ((m - A_c) + log s) */
+    return total_mass != 0.0 ? t + total_mass * log(s) : t;
+}
+
+/* Few classes: the rows [r0, r0 + W) go one per lane, classes in a loop, so
+ * that every vector operation is useful. at[c] holds class c of the W rows. */
+static XENT_TARGET void XN(cross_entropy_small)(const xent_args* k, ptrdiff_t begin, ptrdiff_t end) {
+    const T* w = (const T*)k->w;
+    ptrdiff_t C = k->C;
+    T eps = (T)k->eps, onem = (T)(1.0 - k->eps), smooth = (T)(k->eps / k->C), scale = (T)k->scale;
+    V at[XENT_SMALL_C], qt[XENT_SMALL_C], zero = XN(splat)(0);
+    double* loss_out = (double*)k->out;
+    for (ptrdiff_t r0 = begin; r0 < end; r0 += W) {
+        ptrdiff_t nl = end - r0 < W ? end - r0 : W;
+        IV y = (IV){0} - 1, keep = (IV){0};
+        V m = XN(splat)(-INFINITY), s = zero, t = zero, total = zero, a_y = zero, w_y = zero, loss;
+        /* transpose the block in; lanes past the last row repeat row r0 and are never stored */
+        for (ptrdiff_t l = 0; l < W; l++) {
+            ptrdiff_t i = r0 + (l < nl ? l : 0);
+            const T* a = ROW(k->A, k->a_stride, i);
+            for (ptrdiff_t c = 0; c < C; c++)
+                at[c][l] = a[c];
+            if (k->Q) {
+                const T* q = ROW(k->Q, k->q_stride, i);
+                for (ptrdiff_t c = 0; c < C; c++)
+                    qt[c][l] = q[c];
+            } else if (k->y[i] != k->ignore_index) {
+                y[l] = k->y[i];
+                keep[l] = -1;
+                a_y[l] = a[k->y[i]];
+                w_y[l] = w ? w[k->y[i]] : 1;
+            }
+        }
+        /* m = max_c A_c, a non-finite max shifting by 0 */
+        for (ptrdiff_t c = 0; c < C; c++)
+            m = XN(max)(at[c], m);
+        m = XN(select)(XN(isfinite)(m), m, zero);
+        for (ptrdiff_t c = 0; c < C; c++) {
+            V wq;
+            if (k->Q) {
+                /* w_c q_c, and t = sum_c w_c q_c (m - A_c) over the classes of nonzero mass */
+                wq = (qt[c] * onem + smooth) * (w ? w[c] : 1);
+                qt[c] = wq;
+                total += wq;
+                t += XN(select)(wq != 0, wq * (m - at[c]), zero);
+            } else if (eps != 0 && (w ? w[c] : 1) != 0) {
+                /* t = sum_c w_c (m - A_c), for the smoothing term */
+                t += (m - at[c]) * (w ? w[c] : 1);
+            }
+            /* at[c] becomes exp(A_c - m); s = sum_c exp(A_c - m) */
+            at[c] = XN(exp)(at[c] - m);
+            s += at[c];
+        }
+        V log_s = XN(log)(s), wy1 = onem * w_y;
+        if (k->Q) {
+            /* loss = sum_c w_c q_c ((m - A_c) + log s) */
+            loss = XN(select)(total != 0, t + total * log_s, t);
+        } else {
+            /* (1 - eps) w_y ((m - A_y) + log s), skipped at zero mass, and
+             * the smoothing term (eps / C) (sum_c w_c (m - A_c) + log s sum_c w_c) */
+            loss = XN(select)(wy1 != 0, wy1 * ((m - a_y) + log_s), zero);
+            if (eps != 0)
+                loss += smooth * (t + (T)k->w_sum * log_s);
+            loss = XN(select)(keep, loss, zero);
+            total = wy1 + smooth * (T)k->w_sum;
+        }
+        for (ptrdiff_t l = 0; l < nl; l++)
+            loss_out[r0 + l] = (double)loss[l];
+        if (!k->G)
+            continue;
+        /* dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c), as the row path forms it */
+        V inv_s = 1 / s, mass;
+        for (ptrdiff_t c = 0; c < C; c++) {
+            if (k->Q) {
+                mass = qt[c];
+            } else {
+                mass = XN(splat)((w ? w[c] : 1) * smooth);
+                mass = XN(select)(y == (IV){0} + (XN(int_t))c, wy1 + smooth * w_y, mass);
+            }
+            at[c] = scale * (at[c] * inv_s * total - mass);
+            if (!k->Q)
+                at[c] = XN(select)(keep, at[c], zero);
+            if (scale == 0)
+                at[c] = zero;
+        }
+        /* transpose the gradient out */
+        for (ptrdiff_t l = 0; l < nl; l++) {
+            T* g = OUT_ROW(k->G, k->g_stride, r0 + l);
+            for (ptrdiff_t c = 0; c < C; c++)
+                g[c] = at[c][l];
+        }
+    }
+}
+
+/* scratch: room for C + C / 64 + 2 values, for this thread alone. */
+static XENT_TARGET void XN(cross_entropy)(const xent_args* k, ptrdiff_t begin, ptrdiff_t end, void* scratch) {
+    double* loss = (double*)k->out;
+    if (k->C <= XENT_SMALL_C) {
+        XN(cross_entropy_small)(k, begin, end);
+        return;
+    }
+    for (ptrdiff_t i = begin; i < end; i++) {
+        const T* a = ROW(k->A, k->a_stride, i);
+        T* g = k->G ? OUT_ROW(k->G, k->g_stride, i) : NULL;
+        if (k->Q) {
+            loss[i] = XN(prob_row)(k, a, ROW(k->Q, k->q_stride, i), g, (T*)scratch);
+        } else if (k->y[i] == k->ignore_index) {
+            loss[i] = 0.0;
+            if (g)
+                memset(g, 0, k->C * sizeof(T));
+        } else {
+            loss[i] = XN(index_row)(k, a, k->y[i], g, (T*)scratch);
+        }
+    }
+#ifdef XENT_VX
+    if (k->nt_store)
+        _mm_sfence();  /* the streamed stores are visible before the threads join */
+#endif
+}
+
+/* softmax (or log_softmax where k->log_space) of each row into G. */
+static XENT_TARGET void XN(softmax)(const xent_args* k, ptrdiff_t begin, ptrdiff_t end, void* scratch) {
+    ptrdiff_t C = k->C;
+    for (ptrdiff_t i = begin; i < end; i++) {
+        const T* a = ROW(k->A, k->a_stride, i);
+        T* o = OUT_ROW(k->G, k->g_stride, i);
+        T m, *e = (T*)scratch;
+        double s;
+        XN(max_sum_exp)(a, C, k->log_space ? NULL : e, &m, &s);
+        V vm = XN(splat)(m), f = XN(splat)(k->log_space ? (T)log(s) : (T)(1.0 / s)), v;
+        for (ptrdiff_t c = 0; c < C; c += W) {
+            v = c + W <= C ? XN(load)(k->log_space ? a + c : e + c) : XN(load_part)(k->log_space ? a + c : e + c, C - c, 0);
+            /* log p_c = (A_c - m) - log s; p_c = exp(A_c - m) / s */
+            v = k->log_space ? (v - vm) - f : v * f;
+            if (c + W <= C)
+                XN(store)(o + c, v);
+            else
+                XN(store_part)(o + c, v, C - c);
+        }
+    }
+}
+
+/* log sum_c exp(A_c) = m + log s of each row into out. */
+static XENT_TARGET void XN(logsumexp)(const xent_args* k, ptrdiff_t begin, ptrdiff_t end, void* scratch) {
+    for (ptrdiff_t i = begin; i < end; i++) {
+        T m;
+        double s;
+        XN(max_sum_exp)(ROW(k->A, k->a_stride, i), k->C, NULL, &m, &s);
+        ((T*)k->out)[i] = (T)(m + log(s));
+    }
+}
+
+/* exp of n values, for the tests of the vector exp. */
+static XENT_TARGET void XN(exp_array)(const T* x, T* out, ptrdiff_t n) {
+    ptrdiff_t c = 0;
+    for (; c + W <= n; c += W)
+        XN(store)(out + c, XN(exp)(XN(load)(x + c)));
+    if (c < n)
+        XN(store_part)(out + c, XN(exp)(XN(load_part)(x + c, n - c, 0)), n - c);
+}
+
+#undef XENT_VX
+#undef XENT_NATIVE
+#undef BLK
+#undef ROW
+#undef OUT_ROW
+#undef T
+#undef V
+#undef IV
+#undef UV
+#undef W
+#undef XI
+#undef XENT_MANT
+#undef XENT_BIAS

@@ -1,0 +1,252 @@
+/* Vector primitives, exp and log for one (instruction set, dtype) pair.
+ *
+ * Included by xent_dispatch.h once per pair, with these macros set:
+ *   XENT_T       float or double
+ *   XENT_F32     1 for float, 0 for double
+ *   XENT_VBYTES  vector width in bytes (64 AVX-512, 32 AVX2, 16 baseline)
+ *   XENT_AVX512  1 where AVX-512 intrinsics may be used
+ *   XENT_TARGET  the function attribute that compiles for the instruction set
+ *   XN(name)     name mangled with the pair, so that every inclusion is distinct
+ * Written with GCC/Clang vector extensions: one source, any width.
+ */
+
+#define T XENT_T
+#define V XN(v)
+#define IV XN(iv)
+#define UV XN(uv)
+#define W ((ptrdiff_t)(XENT_VBYTES / sizeof(T)))
+#define XI static inline __attribute__((always_inline)) XENT_TARGET
+
+typedef T V __attribute__((vector_size(XENT_VBYTES)));
+typedef T XN(uv_t) __attribute__((vector_size(XENT_VBYTES), aligned(sizeof(T))));
+#if XENT_F32
+typedef int32_t XN(int_t);
+typedef int32_t IV __attribute__((vector_size(XENT_VBYTES)));
+typedef uint32_t UV __attribute__((vector_size(XENT_VBYTES)));
+#define XENT_MANT 23
+#define XENT_BIAS 127
+#else
+typedef int64_t XN(int_t);
+typedef int64_t IV __attribute__((vector_size(XENT_VBYTES)));
+typedef uint64_t UV __attribute__((vector_size(XENT_VBYTES)));
+#define XENT_MANT 52
+#define XENT_BIAS 1023
+#endif
+
+XI V XN(splat)(T x) { return (V){0} + x; }
+XI V XN(load)(const T* p) { return *(const XN(uv_t)*)p; }
+XI void XN(store)(T* p, V v) { *(XN(uv_t)*)p = v; }
+
+/* AVX-512 and AVX2 have a max with the NaN rule the kernels want, masked
+ * loads and stores, and horizontal reductions; other targets get the generic
+ * forms below them. */
+#if XENT_AVX512 && XENT_F32
+#define XENT_VX(f) _mm512_##f##_ps
+#define XENT_NATIVE __m512
+#elif XENT_AVX512
+#define XENT_VX(f) _mm512_##f##_pd
+#define XENT_NATIVE __m512d
+#elif XENT_X86 && XENT_VBYTES == 32 && XENT_F32
+#define XENT_VX(f) _mm256_##f##_ps
+#define XENT_NATIVE __m256
+#elif XENT_X86 && XENT_VBYTES == 32
+#define XENT_VX(f) _mm256_##f##_pd
+#define XENT_NATIVE __m256d
+#elif XENT_X86 && XENT_F32
+#define XENT_VX(f) _mm_##f##_ps
+#define XENT_NATIVE __m128
+#elif XENT_X86
+#define XENT_VX(f) _mm_##f##_pd
+#define XENT_NATIVE __m128d
+#endif
+
+/* The first n < W elements of p, the other lanes set to fill. */
+XI V XN(load_part)(const T* p, ptrdiff_t n, T fill) {
+#if XENT_AVX512
+    return (V)XENT_VX(mask_loadu)((XENT_NATIVE)XN(splat)(fill), (__mmask16)((1u << n) - 1), p);
+#else
+    T buf[XENT_VBYTES / sizeof(T)];
+    for (ptrdiff_t l = 0; l < W; l++)
+        buf[l] = l < n ? p[l] : fill;
+    return XN(load)(buf);
+#endif
+}
+
+XI void XN(store_part)(T* p, V v, ptrdiff_t n) {
+#if XENT_AVX512
+    XENT_VX(mask_storeu)(p, (__mmask16)((1u << n) - 1), (XENT_NATIVE)v);
+#else
+    T buf[XENT_VBYTES / sizeof(T)];
+    XN(store)(buf, v);
+    for (ptrdiff_t l = 0; l < n; l++)
+        p[l] = buf[l];
+#endif
+}
+
+/* A store that bypasses the caches, p aligned to the vector width (x86); a plain store elsewhere. */
+XI void XN(stream)(T* p, V v) {
+#ifdef XENT_VX
+    XENT_VX(stream)(p, (XENT_NATIVE)v);
+#else
+    XN(store)(p, v);
+#endif
+}
+
+/* mask ? a : b, lane by lane (C has no vector ?:). */
+XI V XN(select)(IV mask, V a, V b) { return (V)((mask & (IV)a) | (~mask & (IV)b)); }
+
+/* a > b ? a : b: a NaN in a is never chosen, as in the scalar `if a > m: m = a`
+ * (x86 max returns its second operand where either is NaN). */
+XI V XN(max)(V a, V b) {
+#ifdef XENT_VX
+    return (V)XENT_VX(max)((XENT_NATIVE)a, (XENT_NATIVE)b);
+#else
+    return XN(select)(a > b, a, b);
+#endif
+}
+
+/* x clamped to [lo, hi]; NaN stays NaN. */
+XI V XN(clamp)(V x, T lo, T hi) {
+#ifdef XENT_VX
+    return (V)XENT_VX(min)((XENT_NATIVE)XN(splat)(hi), XENT_VX(max)((XENT_NATIVE)XN(splat)(lo), (XENT_NATIVE)x));
+#else
+    x = XN(select)(x < lo, XN(splat)(lo), x);
+    return XN(select)(x > hi, XN(splat)(hi), x);
+#endif
+}
+
+XI IV XN(isfinite)(V x) { return (x - x) == 0; }
+
+XI T XN(hmax)(V v) {
+#if XENT_AVX512
+    return XENT_VX(reduce_max)((XENT_NATIVE)v);
+#else
+    T m = v[0];
+    for (ptrdiff_t l = 1; l < W; l++)
+        m = v[l] > m ? v[l] : m;
+    return m;
+#endif
+}
+
+XI double XN(hsum)(V v) {
+#if XENT_AVX512 && XENT_F32
+    __m512 x = (__m512)v;
+    return _mm512_reduce_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(x))) +
+           _mm512_reduce_add_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1))));
+#elif XENT_AVX512
+    return _mm512_reduce_add_pd((__m512d)v);
+#else
+    double s = 0.0;
+    for (ptrdiff_t l = 0; l < W; l++)
+        s += v[l];
+    return s;
+#endif
+}
+
+/* exp(x) for every lane: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then a
+ * polynomial for exp(r) and the scaling by 2^n. Error <= 2 ulp over the whole
+ * input range (measured in tests/test_cpu_simd.py); -inf -> 0, results below
+ * the smallest subnormal -> 0, overflow -> inf, NaN -> NaN. */
+XI V XN(exp)(V x) {
+#if XENT_F32
+    const T lo = -104.0f, hi = 89.0f;                  /* exp(lo) rounds to 0, exp(hi) to inf */
+    const T log2e = 0x1.715476p+0f, magic = 0x1.8p23f; /* magic: adding it rounds to an integer */
+    const T ln2_hi = 0x1.62e4p-1f, ln2_lo = 0x1.7f7d1cp-20f;
+#else
+    const T lo = -746.0, hi = 710.0;
+    const T log2e = 0x1.71547652b82fep+0, magic = 0x1.8p52;
+    const T ln2_hi = 0x1.62e42fee00000p-1, ln2_lo = 0x1.a39ef35793c76p-33;
+#endif
+    V p;
+    /* clamp with comparisons that are false for NaN, so that NaN goes through */
+    x = XN(clamp)(x, lo, hi);
+    /* n = round(x / ln2) */
+    V t = x * log2e + magic;
+    V n = t - magic;
+    /* r = x - n ln2, in two steps so that n ln2_hi is exact */
+    V r = x - n * ln2_hi;
+    r = r - n * ln2_lo;
+#if XENT_F32
+    /* exp(r) ~ 1 + r + ... + c6 r^6, coefficients fitted for relative error 2e-8 on |r| <= ln2/2 */
+    p = XN(splat)(0x1.6ae72cp-10f);
+    p = p * r + 0x1.126784p-7f;
+    p = p * r + 0x1.555822p-5f;
+    p = p * r + 0x1.55541ap-3f;
+    p = p * r + 0x1.fffffcp-2f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+#else
+    /* exp(r) ~ sum_{k <= 13} r^k / k!, truncation error below 1e-17 on |r| <= ln2/2 */
+    p = XN(splat)(1.0 / 6227020800.0);
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+#endif
+#if XENT_AVX512 && XENT_F32
+    /* p 2^n, rounded once, subnormals included */
+    return (V)_mm512_scalef_ps((__m512)p, (__m512)n);
+#elif XENT_AVX512
+    return (V)_mm512_scalef_pd((__m512d)p, (__m512d)n);
+#else
+    /* p 2^n as p 2^n1 2^n2 with n1 + n2 = n: each factor is a normal number,
+     * and the last product rounds once into the subnormals */
+    IV ni = (IV)t - (IV)XN(splat)(magic);
+    IV n1 = ni >> 1;
+    IV n2 = ni - n1;
+    return p * (V)((n1 + XENT_BIAS) << XENT_MANT) * (V)((n2 + XENT_BIAS) << XENT_MANT);
+#endif
+}
+
+/* log(x) for x in {0, +inf, NaN} or a positive normal number: x = 2^e m with
+ * m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(u), u = (m - 1) / (m + 1). */
+XI V XN(log)(V x) {
+#if XENT_F32
+    const T magic = 0x1p23f, sqrt2 = 0x1.6a09e6p+0f, ln2 = 0x1.62e430p-1f;
+#else
+    const T magic = 0x1p52, sqrt2 = 0x1.6a09e667f3bcdp+0, ln2 = 0x1.62e42fefa39efp-1;
+#endif
+    UV bits = (UV)x;
+    UV mant_mask = (((UV){0} + 1) << XENT_MANT) - 1;
+    /* m in [1, 2), and the biased exponent as a float through the magic number */
+    V m = (V)((bits & mant_mask) | (UV)XN(splat)(1.0));
+    V e = (V)((bits >> XENT_MANT) | (UV)XN(splat)(magic)) - magic - XENT_BIAS;
+    IV big = m > sqrt2;
+    m = XN(select)(big, m * 0.5, m);
+    e = XN(select)(big, e + 1, e);
+    V u = (m - 1) / (m + 1);
+    V u2 = u * u;
+    V p;
+#if XENT_F32
+    /* 2 atanh(u) = 2u (1 + u^2/3 + u^4/5 + ...), |u| <= 0.172 */
+    p = XN(splat)(1.0f / 9);
+    p = p * u2 + 1.0f / 7;
+    p = p * u2 + 1.0f / 5;
+#else
+    p = XN(splat)(1.0 / 21);
+    p = p * u2 + 1.0 / 19;
+    p = p * u2 + 1.0 / 17;
+    p = p * u2 + 1.0 / 15;
+    p = p * u2 + 1.0 / 13;
+    p = p * u2 + 1.0 / 11;
+    p = p * u2 + 1.0 / 9;
+    p = p * u2 + 1.0 / 7;
+    p = p * u2 + 1.0 / 5;
+#endif
+    p = p * u2 + (T)(1.0 / 3);
+    p = p * u2 + 1;
+    /* log x = e ln2 + 2u p */
+    V y = e * ln2 + 2 * u * p;
+    y = XN(select)(x == 0, XN(splat)(-INFINITY), y);
+    y = XN(select)(x == INFINITY, x, y);
+    return XN(select)(x != x, x, y);
+}
