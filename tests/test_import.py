@@ -10,7 +10,9 @@ import xentcy
 
 def test_unbuilt_tree_raises_import_error_that_says_how_to_build(tmp_path):
     source = Path(xentcy.__file__).parent
-    shutil.copytree(source, tmp_path / "xentcy", ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    shutil.copytree(
+        source, tmp_path / "xentcy", ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__")
+    )
     result = subprocess.run(
         [sys.executable, "-c", "import xentcy"],
         cwd=tmp_path,
