@@ -268,13 +268,14 @@ def check_grad_output(
             raise ValueError(f"out must not share memory with {name}")
 
 
-def denominator(call: CrossEntropyCall) -> float:
+def denominator(call: CrossEntropyCall) -> Any:
     """D, what the mean divides by (torch's rule, api.md "Semantics"), after checking
     that every class index is in range (D needs every index anyway).
 
     Class indices: the sum of the target classes' weights over the samples that
-    are not ignored (their count without weights). Probabilities: the number of
-    samples. Accumulated in float64.
+    are not ignored (their count without weights), accumulated in float64 and
+    left on the arrays' device as a 0-d array, so that no more than the range
+    check's one flag is read back. Probabilities: the number of samples, a float.
     """
     xp = call.xp
     if not call.class_indices:
@@ -283,33 +284,35 @@ def denominator(call: CrossEntropyCall) -> float:
     y = call.target
     kept = y != call.ignore_index
     if call.weight is None:
-        return float(xp.sum(xp.astype(kept, xp.int64)))
+        return xp.astype(xp.sum(xp.astype(kept, xp.int64)), xp.float64)
     safe = xp.where(kept, y, xp.zeros_like(y))
     w_y = xp.take(call.weight, xp.reshape(safe, (-1,)))
     w_y = xp.where(xp.reshape(kept, (-1,)), w_y, xp.zeros_like(w_y))
-    return float(xp.sum(xp.astype(w_y, xp.float64)))
+    return xp.sum(xp.astype(w_y, xp.float64))
 
 
 def gradient_scale(call: CrossEntropyCall, denom: Any) -> Any:
     """The factor in front of each sample's gradient: 1/D for the mean, else 1.
 
     D = 0 gives 0: every sample then has zero weight or is ignored, and the
-    gradient is all zeros (a finite choice, where torch gives NaN). ``denom``
-    is a float, or a lazy 0-d array (Dask), for which the result is one too.
+    gradient is all zeros (a finite choice, where torch gives NaN). A float D
+    gives a float; a 0-d array D (on a device, or lazy) a 0-d array, computed
+    where it lies.
     """
     if call.reduction != "mean":
         return 1.0
     if isinstance(denom, float):
         return 0.0 if denom == 0 else 1.0 / denom
+    xp = call.xp
     nonzero = denom != 0
-    return call.xp.where(nonzero, 1.0 / call.xp.where(nonzero, denom, 1.0), 0.0)
+    return xp.where(nonzero, 1.0 / xp.where(nonzero, denom, xp.ones_like(denom)), xp.zeros_like(denom))
 
 
 def reduce_losses(call: CrossEntropyCall, losses: Any, denom: Any) -> Any:
     """Apply ``reduction`` to the per-sample losses (float64, shaped like the batch).
 
     The result has the logits' dtype: a 0-d array for "mean" and "sum"; the
-    mean is NaN where D = 0. ``denom`` may be a lazy 0-d array (Dask).
+    mean is NaN where D = 0. ``denom`` is a float or a 0-d array (on a device, or lazy).
     """
     xp, dtype = call.xp, call.logits.dtype
     if call.reduction == "none":

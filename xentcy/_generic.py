@@ -91,7 +91,7 @@ def _target_rows(call: Any, work: Any) -> Any:
     return q
 
 
-def cross_entropy_rows(call: Any, *, want_grad: bool, out: Any, grad_scale: float) -> tuple[Any, Any]:
+def cross_entropy_rows(call: Any, *, want_grad: bool, out: Any, grad_scale: Any) -> tuple[Any, Any]:
     """Per-sample losses (float64 where the library has it) and, where ``want_grad``, the gradient."""
     xp, logits = call.xp, call.logits
     work = _work_dtype(xp, logits.dtype)
@@ -106,14 +106,13 @@ def cross_entropy_rows(call: Any, *, want_grad: bool, out: Any, grad_scale: floa
     loss = xp.astype(loss[..., 0], _accumulation_dtype(xp, logits))
     if not want_grad:
         return loss, None
-    if grad_scale == 0.0:
-        grad = xp.zeros_like(a)
-    else:
-        # dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c); ignored samples get 0
-        grad = grad_scale * (xp.exp(z) / s * mass - wq)
-        if call.class_indices:
-            kept = (call.target != call.ignore_index)[..., None]
-            grad = xp.where(kept, grad, xp.zeros_like(grad))
+    # dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c); zeros where scale is 0 and for ignored samples
+    scale = xp.asarray(grad_scale, dtype=work, device=_device(logits))
+    grad = scale * (xp.exp(z) / s * mass - wq)
+    nonzero = scale != 0
+    if call.class_indices:
+        nonzero = nonzero & (call.target != call.ignore_index)[..., None]
+    grad = xp.where(nonzero, grad, xp.zeros_like(grad))
     grad = xp.astype(xp.moveaxis(grad, -1, call.axis), logits.dtype)
     if out is None:
         return loss, grad

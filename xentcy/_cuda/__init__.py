@@ -295,11 +295,21 @@ def logsumexp(xp: Any, x: Any, axis: int, keepdims: bool) -> Any:
         return cupy.expand_dims(out, axis) if keepdims else out
 
 
-def cross_entropy_rows(call: Any, *, want_grad: bool, out: Any, grad_scale: float) -> tuple[Any, Any]:
+def _scale_arguments(grad_scale: Any) -> tuple[Any, Any]:
+    """(scale_value, scale_ptr) of the kernels: a float by value, a 0-d device array by pointer."""
+    import numpy as np
+
+    if isinstance(grad_scale, float):
+        return np.float64(grad_scale), np.uint64(0)
+    return np.float64(0.0), _cupy().ascontiguousarray(grad_scale, dtype=np.float64)
+
+
+def cross_entropy_rows(call: Any, *, want_grad: bool, out: Any, grad_scale: Any) -> tuple[Any, Any]:
     """Per-sample losses (float64, batch-shaped) and, where ``want_grad``, the gradient.
 
-    The gradient, times ``grad_scale``, goes into ``out`` (which may be the
-    logits themselves) or, where ``out`` is None, into a new array.
+    The gradient, times ``grad_scale`` (a float, or a 0-d float64 array left on
+    the device), goes into ``out`` (which may be the logits themselves) or,
+    where ``out`` is None, into a new array.
     """
     import numpy as np
 
@@ -325,12 +335,12 @@ def cross_entropy_rows(call: Any, *, want_grad: bool, out: Any, grad_scale: floa
                 _aligned(num_classes, logits.itemsize, *common),
                 eps,
                 np.int64(min(max(call.ignore_index, -(2**63)), 2**63 - 1)),
-                np.float64(grad_scale),
+                *_scale_arguments(grad_scale),
             )
             _launch("index", logits.dtype, n_rows, num_classes, pointers, options)
         else:
             q = _rows(call.target, axis)
             pointers = (a, q, _or_null(weight), _or_null(g), loss)
-            options = (_aligned(num_classes, logits.itemsize, q, *common), eps, np.float64(grad_scale))
+            options = (_aligned(num_classes, logits.itemsize, q, *common), eps, *_scale_arguments(grad_scale))
             _launch("prob", logits.dtype, n_rows, num_classes, pointers, options)
         return loss.reshape(call.batch_shape), (grad.finish() if grad is not None else None)

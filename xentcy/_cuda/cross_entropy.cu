@@ -60,6 +60,9 @@ __device__ __forceinline__ double acc_exp(double x) { return exp(x); }
 __device__ __forceinline__ float acc_log(float x) { return logf(x); }
 __device__ __forceinline__ double acc_log(double x) { return log(x); }
 
+// The gradient's factor: a value passed by the launcher, or one left on the device.
+__device__ __forceinline__ double scale_of(double value, const double* ptr) { return ptr != nullptr ? *ptr : value; }
+
 // The shift m: the row's max, or 0 where it is not finite (all -inf, +inf, empty), so that
 // A_c - m never becomes inf - inf.
 template <typename A> __device__ __forceinline__ A shift_of(A m) {
@@ -246,7 +249,8 @@ using xentcy::Pack;
 // gradient are NaN. weight: C class weights or nullptr; weight_sum: sum_c w_c (float64,
 // computed on the device) or nullptr without weights. grad: nullptr for the loss alone,
 // else (N, C), which may be the logits themselves. scale: the factor in front of each
-// gradient (1/D for the mean); 0 writes zeros.
+// gradient (1/D for the mean), scale_value or, where scale_ptr is not null, the float64
+// it points to (D left on the device: nothing is read back for it); 0 writes zeros.
 // ---------------------------------------------------------------------------------------
 
 template <typename T, int NV, int MAX_THREADS>
@@ -254,7 +258,7 @@ __global__ void __launch_bounds__(MAX_THREADS)
 xentcy_index_cached(const T* logits, const long long* __restrict__ target, const T* __restrict__ weight,
                     const double* __restrict__ weight_sum, T* grad, double* __restrict__ loss,
                     long long n_rows, long long C, int G, int aligned, double eps,
-                    long long ignore_index, double scale) {
+                    long long ignore_index, double scale_value, const double* __restrict__ scale_ptr) {
     using A = typename Acc<T>::type;
     constexpr int VEC = Pack<T>::VEC;
     __shared__ A smem[32][kMaxReduce];
@@ -315,6 +319,8 @@ xentcy_index_cached(const T* logits, const long long* __restrict__ target, const
     if (grad == nullptr) return;
 
     // dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c); zeros for ignored rows and scale == 0
+    // read late: a value held from the kernel's start would cost registers the row needs
+    const double scale = xentcy::scale_of(scale_value, scale_ptr);
     const bool fill = !live || scale == 0.0;
     const A fill_value = bad ? xentcy::acc_nan(A(0)) : A(0);
     const A inv_s = A(1) / part[0];
@@ -341,7 +347,7 @@ __global__ void __launch_bounds__(1024)
 xentcy_index_streamed(const T* logits, const long long* __restrict__ target, const T* __restrict__ weight,
                       const double* __restrict__ weight_sum, T* grad, double* __restrict__ loss,
                       long long n_rows, long long C, int G, int aligned, double eps,
-                      long long ignore_index, double scale) {
+                      long long ignore_index, double scale_value, const double* __restrict__ scale_ptr) {
     using A = typename Acc<T>::type;
     constexpr int VEC = Pack<T>::VEC;
     constexpr int U = xentcy::kInFlight<T>;  // vectors in flight per thread
@@ -391,6 +397,8 @@ xentcy_index_streamed(const T* logits, const long long* __restrict__ target, con
     // pass 2: sum_c w_c (m - A_c) for smoothing, and the gradient
     A t[1] = {A(0)};
     if (eps != 0.0 || grad != nullptr) {
+        // read late: a value held from the kernel's start would cost registers the row needs
+        const double scale = xentcy::scale_of(scale_value, scale_ptr);
         const bool fill = !live || scale == 0.0;
         const A fill_value = bad ? xentcy::acc_nan(A(0)) : A(0);
         const A inv_s = A(1) / sum;
@@ -441,7 +449,7 @@ template <typename T, int NV, int MAX_THREADS>
 __global__ void __launch_bounds__(MAX_THREADS)
 xentcy_prob_cached(const T* logits, const T* target, const T* __restrict__ weight, T* grad,
                    double* __restrict__ loss, long long n_rows, long long C, int G, int aligned,
-                   double eps, double scale) {
+                   double eps, double scale_value, const double* __restrict__ scale_ptr) {
     using A = typename Acc<T>::type;
     constexpr int VEC = Pack<T>::VEC;
     __shared__ A smem[32][kMaxReduce];
@@ -495,14 +503,16 @@ xentcy_prob_cached(const T* logits, const T* target, const T* __restrict__ weigh
 
     // dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c)
     const A inv_s = A(1) / part[0];
-    const A sc = A(scale);
+    // read late: a value held from the kernel's start would cost registers the row needs
+    const A sc = A(xentcy::scale_of(scale_value, scale_ptr));
+    const bool zero = sc == A(0);
     T* g = grad + slot.row * C;
 #pragma unroll
     for (int k = 0; k < NV; ++k) {
         A out[VEC];
 #pragma unroll
         for (int i = 0; i < VEC; ++i)
-            out[i] = scale == 0.0 ? A(0) : sc * (x[k][i] * inv_s * part[2] - wq[k][i]);
+            out[i] = zero ? A(0) : sc * (x[k][i] * inv_s * part[2] - wq[k][i]);
         xentcy::store_vec(g, (k * G + slot.lane) * VEC, int(C), aligned != 0, out);
     }
 }
@@ -511,7 +521,7 @@ template <typename T>
 __global__ void __launch_bounds__(1024)
 xentcy_prob_streamed(const T* logits, const T* target, const T* __restrict__ weight, T* grad,
                      double* __restrict__ loss, long long n_rows, long long C, int G, int aligned,
-                     double eps, double scale) {
+                     double eps, double scale_value, const double* __restrict__ scale_ptr) {
     using A = typename Acc<T>::type;
     constexpr int VEC = Pack<T>::VEC;
     constexpr int U = xentcy::kInFlight<T> > 1 ? xentcy::kInFlight<T> / 2 : 1;  // (logits, target) pairs in flight
@@ -555,6 +565,8 @@ xentcy_prob_streamed(const T* logits, const T* target, const T* __restrict__ wei
 
     // pass 2: sum_c w_c q_c (m - A_c), and the gradient
     const A inv_s = A(1) / sum;
+    // read late: a value held from the kernel's start would cost registers the row needs
+    const double scale = xentcy::scale_of(scale_value, scale_ptr);
     const A sc = A(scale);
     T* g = grad != nullptr && slot.active ? grad + slot.row * C : nullptr;
     A t[1] = {A(0)};
