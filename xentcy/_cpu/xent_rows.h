@@ -28,16 +28,18 @@ XI IV XN(lanes_below)(ptrdiff_t n) {
 }
 
 /* sum_{c < n} exp(A_c - shift), the terms also into e unless it is NULL:
- * float partial sums per block, double across blocks. */
-XI double XN(sum_exp)(const T* a, ptrdiff_t n, T shift, T* e) {
+ * float partial sums per block, double across blocks. bounded: every
+ * A_c - shift <= 0 or NaN (shift is the row's finite max). */
+XI double XN(sum_exp)(const T* a, ptrdiff_t n, T shift, T* e, const int bounded) {
     V vs = XN(splat)(shift), x0, x1;
     double s = 0.0;
+#define XENT_EXP(v) (bounded ? XN(exp_le0)(v) : XN(exp)(v))
     for (ptrdiff_t c0 = 0; c0 < n; c0 += BLK) {
         ptrdiff_t end = c0 + BLK < n ? c0 + BLK : n, c = c0;
         V acc0 = XN(splat)(0), acc1 = XN(splat)(0);
         for (; c + 2 * W <= end; c += 2 * W) {
-            x0 = XN(exp)(XN(load)(a + c) - vs);
-            x1 = XN(exp)(XN(load)(a + c + W) - vs);
+            x0 = XENT_EXP(XN(load)(a + c) - vs);
+            x1 = XENT_EXP(XN(load)(a + c + W) - vs);
             acc0 += x0;
             acc1 += x1;
             if (e) {
@@ -46,14 +48,14 @@ XI double XN(sum_exp)(const T* a, ptrdiff_t n, T shift, T* e) {
             }
         }
         for (; c + W <= end; c += W) {
-            x0 = XN(exp)(XN(load)(a + c) - vs);
+            x0 = XENT_EXP(XN(load)(a + c) - vs);
             acc0 += x0;
             if (e)
                 XN(store)(e + c, x0);
         }
         if (c < end) {
             /* the padding is -inf: exp(-inf - shift) = 0 */
-            x1 = XN(exp)(XN(load_part)(a + c, end - c, -INFINITY) - vs);
+            x1 = XENT_EXP(XN(load_part)(a + c, end - c, -INFINITY) - vs);
             acc1 += x1;
             if (e)
                 XN(store_part)(e + c, x1, end - c);
@@ -63,12 +65,82 @@ XI double XN(sum_exp)(const T* a, ptrdiff_t n, T shift, T* e) {
     return s;
 }
 
-/* m = max_c A_c and s = sum_c exp(A_c - m) in one pass over memory: per block,
- * its max first, then its sum from L1, s rescaled by exp(m_old - m_new)
- * whenever m grows. A NaN logit makes s NaN. Unless e is NULL, exp(A_c - m)
- * goes into e[0, C) (scratch for the gradient pass: A is read from memory
- * once), e[C, ...) holding the shift of each block meanwhile. */
-static XENT_TARGET void XN(max_sum_exp)(const T* a, ptrdiff_t C, T* e, T* m_out, double* s_out) {
+/* The lines of the next row, at the offsets of the vectors [c, c + 4W) of this one,
+ * on their way into L2 while this row is computed. */
+XI void XN(prefetch4)(const T* next, ptrdiff_t c) {
+    for (ptrdiff_t j = 0; j < 4 * W; j += 64 / (ptrdiff_t)sizeof(T))
+        __builtin_prefetch(next + c + j, 0, 2);
+}
+
+/* max_c A_c: a NaN logit is never chosen (it shows up in the sum). */
+static XENT_TARGET T XN(row_max)(const T* a, ptrdiff_t C) {
+    V m0 = XN(splat)(-INFINITY), m1 = m0, m2 = m0, m3 = m0;
+    ptrdiff_t c = 0;
+    for (; c + 4 * W <= C; c += 4 * W) {
+        m0 = XN(max)(XN(load)(a + c), m0);
+        m1 = XN(max)(XN(load)(a + c + W), m1);
+        m2 = XN(max)(XN(load)(a + c + 2 * W), m2);
+        m3 = XN(max)(XN(load)(a + c + 3 * W), m3);
+    }
+    for (; c + W <= C; c += W)
+        m0 = XN(max)(XN(load)(a + c), m0);
+    if (c < C)
+        m1 = XN(max)(XN(load_part)(a + c, C - c, -INFINITY), m1);
+    return XN(hmax)(XN(max)(XN(max)(m0, m1), XN(max)(m2, m3)));
+}
+
+/* sum_c exp(A_c - m) for the row's finite max m, the terms into e unless it is
+ * NULL, four vectors at a time; the next row (next, same length) is prefetched
+ * meanwhile. Float partial sums per block of BLK classes, double across blocks. */
+static XENT_TARGET double XN(sum_exp_le0)(const T* a, ptrdiff_t C, T m, T* e, const T* next) {
+    V vm = XN(splat)(m), x0, x1, x2, x3;
+    double s = 0.0;
+    for (ptrdiff_t c0 = 0; c0 < C; c0 += BLK) {
+        ptrdiff_t end = c0 + BLK < C ? c0 + BLK : C, c = c0;
+        V acc0 = XN(splat)(0), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+        for (; c + 4 * W <= end; c += 4 * W) {
+            XN(prefetch4)(next, c);
+            x0 = XN(exp_le0)(XN(load)(a + c) - vm);
+            x1 = XN(exp_le0)(XN(load)(a + c + W) - vm);
+            x2 = XN(exp_le0)(XN(load)(a + c + 2 * W) - vm);
+            x3 = XN(exp_le0)(XN(load)(a + c + 3 * W) - vm);
+            acc0 += x0;
+            acc1 += x1;
+            acc2 += x2;
+            acc3 += x3;
+            if (e) {
+                XN(store)(e + c, x0);
+                XN(store)(e + c + W, x1);
+                XN(store)(e + c + 2 * W, x2);
+                XN(store)(e + c + 3 * W, x3);
+            }
+        }
+        for (; c + W <= end; c += W) {
+            x0 = XN(exp_le0)(XN(load)(a + c) - vm);
+            acc0 += x0;
+            if (e)
+                XN(store)(e + c, x0);
+        }
+        if (c < end) {
+            /* the padding is -inf: exp(-inf - m) = 0 */
+            x1 = XN(exp_le0)(XN(load_part)(a + c, end - c, -INFINITY) - vm);
+            acc1 += x1;
+            if (e)
+                XN(store_part)(e + c, x1, end - c);
+        }
+        s += XN(hsum)((acc0 + acc1) + (acc2 + acc3));
+    }
+    return s;
+}
+
+/* Rows of at most this many bytes are read three times (max, exp, gradient),
+ * from L2 after the first: the row, its terms e and the next row fit there. */
+#define XENT_ROW_L2_BYTES (192 * 1024)
+
+/* The rows too long for L2: one pass over memory, per block its max first,
+ * then its sum from L1, s rescaled by exp(m_old - m_new) whenever m grows.
+ * e[C, ...) holds the shift of each block meanwhile. */
+static XENT_TARGET void XN(max_sum_exp_long)(const T* a, ptrdiff_t C, T* e, T* m_out, double* s_out) {
     T m = -INFINITY, *shifts = e ? e + C : NULL;
     double s = 0.0;
     for (ptrdiff_t c0 = 0; c0 < C; c0 += BLK) {
@@ -92,12 +164,15 @@ static XENT_TARGET void XN(max_sum_exp)(const T* a, ptrdiff_t C, T* e, T* m_out,
         }
         if (shifts)
             shifts[c0 / BLK] = isfinite(m) ? m : 0;
-        s += XN(sum_exp)(b, n, isfinite(m) ? m : 0, e ? e + c0 : NULL);
+        if (isfinite(m))
+            s += XN(sum_exp)(b, n, m, e ? e + c0 : NULL, 1);
+        else
+            s += XN(sum_exp)(b, n, 0, e ? e + c0 : NULL, 0);
     }
     if (!isfinite(m)) {
         /* all -inf, or a +inf logit: shift by 0, as the definition says */
         m = 0;
-        s = XN(sum_exp)(a, C, 0, e);
+        s = XN(sum_exp)(a, C, 0, e, 0);
     } else if (e) {
         /* the blocks summed before m reached its final value: exp(A_c - m_b) exp(m_b - m) */
         for (ptrdiff_t c0 = 0; c0 < C && shifts[c0 / BLK] != m; c0 += BLK) {
@@ -111,6 +186,25 @@ static XENT_TARGET void XN(max_sum_exp)(const T* a, ptrdiff_t C, T* e, T* m_out,
     }
     *m_out = m;
     *s_out = s;
+}
+
+/* m = max_c A_c and s = sum_c exp(A_c - m) (a non-finite max shifts by 0
+ * instead; a NaN logit makes s NaN), exp(A_c - m) into e[0, C) unless e is
+ * NULL. next: the row after this one (or this one again), prefetched meanwhile. */
+static XENT_TARGET void XN(max_sum_exp)(const T* a, ptrdiff_t C, T* e, T* m_out, double* s_out, const T* next) {
+    if (C * (ptrdiff_t)sizeof(T) > XENT_ROW_L2_BYTES) {
+        XN(max_sum_exp_long)(a, C, e, m_out, s_out);
+        return;
+    }
+    T m = XN(row_max)(a, C);
+    if (isfinite(m)) {
+        *s_out = XN(sum_exp_le0)(a, C, m, e, next);
+    } else {
+        /* all -inf, or a +inf logit: shift by 0, as the definition says */
+        m = 0;
+        *s_out = XN(sum_exp)(a, C, 0, e, 0);
+    }
+    *m_out = m;
 }
 
 /* w_c q_c for the vector of classes at c: q_c = onem Q_c + smooth (q NULL: smooth),
@@ -181,12 +275,12 @@ static XENT_TARGET void XN(grad_row)(
 }
 
 /* Loss of one row with class index y; its gradient times scale into g (NULL: none). */
-static XENT_TARGET double XN(index_row)(const xent_args* k, const T* a, ptrdiff_t y, T* g, T* e) {
+static XENT_TARGET double XN(index_row)(const xent_args* k, const T* a, ptrdiff_t y, T* g, T* e, const T* next) {
     const T* w = (const T*)k->w;
     ptrdiff_t C = k->C;
     double eps = k->eps, smooth = eps / C, w_y = w ? w[y] : 1.0, log_s, loss = 0.0, s, total_mass, t;
     T m, a_y = a[y];  /* read before g, which may be a itself, is written */
-    XN(max_sum_exp)(a, C, g ? e : NULL, &m, &s);
+    XN(max_sum_exp)(a, C, g ? e : NULL, &m, &s, next);
     log_s = log(s);
     if ((1.0 - eps) * w_y != 0.0)
         /* (1 - eps) w_y (-log p_y): skipped at zero mass, where A_y may be -inf */
@@ -212,11 +306,11 @@ static XENT_TARGET double XN(index_row)(const xent_args* k, const T* a, ptrdiff_
 }
 
 /* Loss of one row with target probabilities Q, smoothed to (1 - eps) Q + eps / C. */
-static XENT_TARGET double XN(prob_row)(const xent_args* k, const T* a, const T* q, T* g, T* e) {
+static XENT_TARGET double XN(prob_row)(const xent_args* k, const T* a, const T* q, T* g, T* e, const T* next) {
     ptrdiff_t C = k->C;
     double eps = k->eps, s, total_mass, t;
     T m;
-    XN(max_sum_exp)(a, C, g ? e : NULL, &m, &s);
+    XN(max_sum_exp)(a, C, g ? e : NULL, &m, &s, next);
     t = XN(mass_gap)(a, q, (const T*)k->w, C, m, (T)(1.0 - eps), (T)(eps / C), &total_mass);
     if (g) {
         if (k->scale == 0.0)
@@ -331,14 +425,15 @@ static XENT_TARGET void XN(cross_entropy)(const xent_args* k, ptrdiff_t begin, p
     for (ptrdiff_t i = begin; i < end; i++) {
         const T* a = ROW(k->A, k->a_stride, i);
         T* g = k->G ? OUT_ROW(k->G, k->g_stride, i) : NULL;
+        const T* next = i + 1 < end ? ROW(k->A, k->a_stride, i + 1) : a;
         if (k->Q) {
-            loss[i] = XN(prob_row)(k, a, ROW(k->Q, k->q_stride, i), g, (T*)scratch);
+            loss[i] = XN(prob_row)(k, a, ROW(k->Q, k->q_stride, i), g, (T*)scratch, next);
         } else if (k->y[i] == k->ignore_index) {
             loss[i] = 0.0;
             if (g)
                 memset(g, 0, k->C * sizeof(T));
         } else {
-            loss[i] = XN(index_row)(k, a, k->y[i], g, (T*)scratch);
+            loss[i] = XN(index_row)(k, a, k->y[i], g, (T*)scratch, next);
         }
     }
 #ifdef XENT_VX
@@ -355,7 +450,7 @@ static XENT_TARGET void XN(softmax)(const xent_args* k, ptrdiff_t begin, ptrdiff
         T* o = OUT_ROW(k->G, k->g_stride, i);
         T m, *e = (T*)scratch;
         double s;
-        XN(max_sum_exp)(a, C, k->log_space ? NULL : e, &m, &s);
+        XN(max_sum_exp)(a, C, k->log_space ? NULL : e, &m, &s, i + 1 < end ? ROW(k->A, k->a_stride, i + 1) : a);
         V vm = XN(splat)(m), f = XN(splat)(k->log_space ? (T)log(s) : (T)(1.0 / s)), v;
         for (ptrdiff_t c = 0; c < C; c += W) {
             v = c + W <= C ? XN(load)(k->log_space ? a + c : e + c) : XN(load_part)(k->log_space ? a + c : e + c, C - c, 0);
@@ -374,7 +469,8 @@ static XENT_TARGET void XN(logsumexp)(const xent_args* k, ptrdiff_t begin, ptrdi
     for (ptrdiff_t i = begin; i < end; i++) {
         T m;
         double s;
-        XN(max_sum_exp)(ROW(k->A, k->a_stride, i), k->C, NULL, &m, &s);
+        XN(max_sum_exp)(ROW(k->A, k->a_stride, i), k->C, NULL, &m, &s,
+                        ROW(k->A, k->a_stride, i + 1 < end ? i + 1 : i));
         ((T*)k->out)[i] = (T)(m + log(s));
     }
 }
@@ -391,6 +487,8 @@ static XENT_TARGET void XN(exp_array)(const T* x, T* out, ptrdiff_t n) {
 #undef XENT_VX
 #undef XENT_NATIVE
 #undef BLK
+#undef XENT_EXP
+#undef XENT_ROW_L2_BYTES
 #undef ROW
 #undef OUT_ROW
 #undef T

@@ -145,9 +145,13 @@ XI double XN(hsum)(V v) {
 
 /* exp(x) for every lane: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then a
  * polynomial for exp(r) and the scaling by 2^n. Error <= 2 ulp over the whole
- * input range (measured in tests/test_cpu_simd.py); -inf -> 0, results below
- * the smallest subnormal -> 0, overflow -> inf, NaN -> NaN. */
-XI V XN(exp)(V x) {
+ * input range (benchmarks/exp_ulp.py measures every float32 input; tests/test_cpu_simd.py
+ * a strided subset); -inf -> 0, results below the smallest subnormal -> 0,
+ * overflow -> inf, NaN -> NaN.
+ * bounded: the caller promises x <= 0 or NaN (x = A_c - max_c A_c), so that only
+ * the lower clamp is needed (it also sends -inf to 0); an always_inline
+ * constant, so that each use compiles to its own straight-line code. */
+XI V XN(exp_impl)(V x, const int bounded) {
 #if XENT_F32
     const T lo = -104.0f, hi = 89.0f;                  /* exp(lo) rounds to 0, exp(hi) to inf */
     const T log2e = 0x1.715476p+0f, magic = 0x1.8p23f; /* magic: adding it rounds to an integer */
@@ -159,15 +163,39 @@ XI V XN(exp)(V x) {
 #endif
     V p;
     /* clamp with comparisons that are false for NaN, so that NaN goes through */
-    x = XN(clamp)(x, lo, hi);
+    if (bounded) {
+#ifdef XENT_VX
+        /* x86 max returns its second operand where either is NaN */
+        x = (V)XENT_VX(max)((XENT_NATIVE)XN(splat)(lo), (XENT_NATIVE)x);
+#else
+        x = XN(select)(x < lo, XN(splat)(lo), x);
+#endif
+    } else {
+        x = XN(clamp)(x, lo, hi);
+    }
     /* n = round(x / ln2) */
     V t = x * log2e + magic;
     V n = t - magic;
     /* r = x - n ln2, in two steps so that n ln2_hi is exact */
     V r = x - n * ln2_hi;
     r = r - n * ln2_lo;
-#if XENT_F32
-    /* exp(r) ~ 1 + r + ... + c6 r^6, coefficients fitted for relative error 2e-8 on |r| <= ln2/2 */
+#if XENT_F32 && XENT_X86 && XENT_VBYTES >= 32
+    /* exp(r) ~ 1 + r + c2 r^2 + ... + c5 r^5, minimax on |r| <= ln2/2 (the coefficients
+     * of ARM optimized-routines' vector expf); 5 FMA (AVX2 and AVX-512 have FMA, and GCC
+     * contracts p * r + c into it). Every float32 input measured exhaustively: see
+     * benchmarks/results/exp_ulp.txt. */
+    /* (explicit FMA: the error bound needs each step rounded once, whatever -ffp-contract says) */
+#define XENT_FMA(a, b, c) ((V)XENT_VX(fmadd)((XENT_NATIVE)(a), (XENT_NATIVE)(b), (XENT_NATIVE)XN(splat)(c)))
+    p = XN(splat)(0x1.0e4020p-7f);
+    p = XENT_FMA(p, r, 0x1.573e2ep-5f);
+    p = XENT_FMA(p, r, 0x1.555e66p-3f);
+    p = XENT_FMA(p, r, 0x1.fffdb6p-2f);
+    p = XENT_FMA(p, r, 0x1.ffffecp-1f);
+    p = XENT_FMA(p, r, 1.0f);
+#undef XENT_FMA
+#elif XENT_F32
+    /* without FMA (each step rounds twice) one more degree: coefficients fitted for
+     * relative error 2e-8 on |r| <= ln2/2 */
     p = XN(splat)(0x1.6ae72cp-10f);
     p = p * r + 0x1.126784p-7f;
     p = p * r + 0x1.555822p-5f;
@@ -206,6 +234,12 @@ XI V XN(exp)(V x) {
     return p * (V)((n1 + XENT_BIAS) << XENT_MANT) * (V)((n2 + XENT_BIAS) << XENT_MANT);
 #endif
 }
+
+/* exp of any x. */
+XI V XN(exp)(V x) { return XN(exp_impl)(x, 0); }
+
+/* exp of x <= 0 (or -inf, or NaN): the shifted logits A_c - m of a row whose max m is finite. */
+XI V XN(exp_le0)(V x) { return XN(exp_impl)(x, 1); }
 
 /* log(x) for x in {0, +inf, NaN} or a positive normal number: x = 2^e m with
  * m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(u), u = (m - 1) / (m + 1). */
