@@ -303,9 +303,8 @@ def gradient_scale(call: CrossEntropyCall, denom: Any) -> Any:
         return 1.0
     if isinstance(denom, float):
         return 0.0 if denom == 0 else 1.0 / denom
-    xp = call.xp
     nonzero = denom != 0
-    return xp.where(nonzero, 1.0 / xp.where(nonzero, denom, xp.ones_like(denom)), xp.zeros_like(denom))
+    return call.xp.where(nonzero, 1.0 / call.xp.where(nonzero, denom, 1.0), 0.0)
 
 
 def reduce_losses(call: CrossEntropyCall, losses: Any, denom: Any) -> Any:
@@ -320,8 +319,5 @@ def reduce_losses(call: CrossEntropyCall, losses: Any, denom: Any) -> Any:
     total = xp.asarray(xp.sum(losses))  # NumPy's sum gives a scalar; the contract, a 0-d array
     if call.reduction == "mean":
         d = xp.asarray(denom, dtype=total.dtype, device=device(total))
-        nonzero = d != 0
-        total = xp.where(
-            nonzero, total / xp.where(nonzero, d, xp.ones_like(d)), xp.full_like(total, math.nan)
-        )
+        total = total / xp.where(d != 0, d, math.nan)  # D = 0: NaN, without a division by zero
     return xp.astype(total, dtype)

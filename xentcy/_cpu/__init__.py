@@ -30,16 +30,25 @@ def _rows_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int]:
     return math.prod(shape) // num_classes if num_classes else 0, num_classes
 
 
+def _class_last(x: np.ndarray, axis: int) -> np.ndarray:
+    return x if axis == x.ndim - 1 else np.moveaxis(x, axis, -1)
+
+
+def _row_view(x: np.ndarray, axis: int) -> np.ndarray | None:
+    """An (N, C) view of x with the class axis last and unit stride, or None where there is none."""
+    shape = _rows_shape(x.shape, axis)
+    try:
+        rows = np.reshape(_class_last(x, axis), shape, copy=False)
+    except ValueError:
+        return None
+    return rows if shape[1] <= 1 or rows.strides[1] == rows.itemsize else None
+
+
 def _rows(x: np.ndarray, axis: int) -> np.ndarray:
     """An (N, C) view of x with the class axis last and unit stride, or a copy."""
-    shape = _rows_shape(x.shape, axis)
-    moved = np.moveaxis(x, axis, -1)
-    try:
-        rows = np.reshape(moved, shape, copy=False)
-    except ValueError:
-        return np.ascontiguousarray(moved).reshape(shape)
-    if shape[1] > 1 and rows.strides[1] != rows.itemsize:
-        return np.ascontiguousarray(rows)
+    rows = _row_view(x, axis)
+    if rows is None:
+        rows = np.ascontiguousarray(_class_last(x, axis)).reshape(_rows_shape(x.shape, axis))
     return rows
 
 
@@ -52,19 +61,13 @@ class _RowsOut:
 
     def __init__(self, dest: np.ndarray, axis: int) -> None:
         self.dest, self.axis = dest, axis
-        shape = _rows_shape(dest.shape, axis)
-        try:
-            rows = np.reshape(np.moveaxis(dest, axis, -1), shape, copy=False)
-        except ValueError:
-            rows = None
-        if rows is not None and shape[1] > 1 and rows.strides[1] != rows.itemsize:
-            rows = None
+        rows = _row_view(dest, axis)
         self.scratch = rows is None
-        self.rows = np.empty(shape, dest.dtype) if self.scratch else rows
+        self.rows = np.empty(_rows_shape(dest.shape, axis), dest.dtype) if self.scratch else rows
 
     def finish(self) -> np.ndarray:
         if self.scratch:
-            moved = np.moveaxis(self.dest, self.axis, -1)
+            moved = _class_last(self.dest, self.axis)
             np.copyto(moved, self.rows.reshape(moved.shape))
         return self.dest
 
