@@ -316,8 +316,9 @@ def reduce_losses(call: CrossEntropyCall, losses: Any, denom: Any) -> Any:
     xp, dtype = call.xp, call.logits.dtype
     if call.reduction == "none":
         return xp.astype(losses, dtype)
-    total = xp.asarray(xp.sum(losses))  # NumPy's sum gives a scalar; the contract, a 0-d array
+    total = xp.asarray(xp.sum(losses))
     if call.reduction == "mean":
         d = xp.asarray(denom, dtype=total.dtype, device=device(total))
         total = total / xp.where(d != 0, d, math.nan)  # D = 0: NaN, without a division by zero
-    return xp.astype(total, dtype)
+    # NumPy's operations on 0-d arrays give scalars; the contract, a 0-d array
+    return xp.asarray(xp.astype(total, dtype))
