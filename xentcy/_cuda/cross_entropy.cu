@@ -114,6 +114,19 @@ __device__ __forceinline__ void group_reduce(A (&v)[K], int G, Op op, A (*smem)[
     }
 }
 
+// The shift of a row that the group holds in registers (x[k][i], -inf past the row): the
+// row's max, or 0 where that max is not finite. Every thread of the group must call it.
+template <int NV, int VEC, typename A>
+__device__ __forceinline__ A cached_shift(const A (&x)[NV][VEC], int G, A (*smem)[kMaxReduce]) {
+    A m[1] = {-acc_inf(A(0))};
+#pragma unroll
+    for (int k = 0; k < NV; ++k)
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) m[0] = max_of(m[0], x[k][i]);
+    group_reduce(m, G, MaxOp(), smem);
+    return shift_of(m[0]);
+}
+
 // 16 bytes of T: VEC elements, loaded and stored as one vector where `aligned`.
 template <typename T> struct alignas(16) Pack {
     static constexpr int VEC = 16 / int(sizeof(T));
@@ -276,13 +289,7 @@ xentcy_index_cached(const T* logits, const long long* __restrict__ target, const
     for (int k = 0; k < NV; ++k)
         xentcy::load_vec(a, (k * G + slot.lane) * VEC, limit, aligned != 0, -xentcy::acc_inf(A(0)), x[k]);
 
-    A m[1] = {-xentcy::acc_inf(A(0))};
-#pragma unroll
-    for (int k = 0; k < NV; ++k)
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) m[0] = xentcy::max_of(m[0], x[k][i]);
-    xentcy::group_reduce(m, G, xentcy::MaxOp(), smem);
-    const A shift = xentcy::shift_of(m[0]);
+    const A shift = xentcy::cached_shift(x, G, smem);
 
     // part = {s, sum_c w_c (m - A_c) (smoothing only), m - A_y}; x becomes exp(A_c - m)
     A part[3] = {A(0), A(0), A(0)};
@@ -471,13 +478,7 @@ xentcy_prob_cached(const T* logits, const T* target, const T* __restrict__ weigh
                            : A(0);
     }
 
-    A m[1] = {-xentcy::acc_inf(A(0))};
-#pragma unroll
-    for (int k = 0; k < NV; ++k)
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) m[0] = xentcy::max_of(m[0], x[k][i]);
-    xentcy::group_reduce(m, G, xentcy::MaxOp(), smem);
-    const A shift = xentcy::shift_of(m[0]);
+    const A shift = xentcy::cached_shift(x, G, smem);
 
     // part = {s, sum_c w_c q_c (m - A_c), sum_c w_c q_c}, zero-mass classes skipped
     A part[3] = {A(0), A(0), A(0)};
@@ -620,13 +621,7 @@ xentcy_softmax_cached(const T* __restrict__ x_in, T* __restrict__ out, long long
     for (int k = 0; k < NV; ++k)
         xentcy::load_vec(x_in + offset, (k * G + slot.lane) * VEC, limit, aligned != 0,
                          -xentcy::acc_inf(A(0)), x[k]);
-    A m[1] = {-xentcy::acc_inf(A(0))};
-#pragma unroll
-    for (int k = 0; k < NV; ++k)
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) m[0] = xentcy::max_of(m[0], x[k][i]);
-    xentcy::group_reduce(m, G, xentcy::MaxOp(), smem);
-    const A shift = xentcy::shift_of(m[0]);
+    const A shift = xentcy::cached_shift(x, G, smem);
 
     A s[1] = {A(0)};
 #pragma unroll
