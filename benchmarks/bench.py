@@ -159,7 +159,9 @@ def sklearn_half_multinomial(
     return run
 
 
-def xentcy_fused(A: np.ndarray, y: np.ndarray, G: np.ndarray, threads: int, **kwargs: Any) -> Callable[[], Any]:
+def xentcy_fused(
+    A: np.ndarray, y: np.ndarray, G: np.ndarray, threads: int, **kwargs: Any
+) -> Callable[[], Any]:
     import xentcy as xc
 
     return lambda: xc.loss_and_grad(A, y, out=G, **kwargs)
@@ -225,7 +227,9 @@ def jax_worker(shapes: list[tuple[int, int]], repeats: int) -> None:
         A, y, G = make_data(N, C, np.float32)
         a, t = jnp.asarray(A), jnp.asarray(y.astype(np.int32))
         t_jax, t_copy = timed_pair(
-            lambda a=a, t=t: jax.block_until_ready(loss_and_grad(a, t)), lambda: np.copyto(G, A), repeats
+            lambda a=a, t=t: jax.block_until_ready(loss_and_grad(a, t)),
+            lambda G=G, A=A: np.copyto(G, A),
+            repeats,
         )
         results.append({"N": N, "C": C, "ms": t_jax * 1e3, "copy_ms": t_copy * 1e3})
     print(json.dumps({"results": results, "version": jax.__version__}))
@@ -289,9 +293,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(HERE / "results"), help="where bench.json and bench.png go")
     args = parser.parse_args(argv)
 
-    import xentcy as xc
     from threadpoolctl import threadpool_limits
 
+    import xentcy as xc
     from xentcy._cpu import _core
 
     shapes = QUICK_SHAPES if args.quick else SHAPES
@@ -409,7 +413,11 @@ def table(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     for r in records:
         if r["floor"] == "copy" and r["dtype"] == "float32":
             floors.setdefault((r["threads"], r["N"], r["C"]), []).append(r["floor_ms"])
-    lines += ["", "| floor np.copyto(G, A), float32 | threads | (N, C) | ms | GB/s |", "| --- | ---: | --- | ---: | ---: |"]
+    lines += [
+        "",
+        "| floor np.copyto(G, A), float32 | threads | (N, C) | ms | GB/s |",
+        "| --- | ---: | --- | ---: | ---: |",
+    ]
     for (threads, N, C), ms in sorted(floors.items()):
         med = statistics.median(ms)
         lines.append(f"| copy | {threads} | ({N}, {C}) | {med:.3f} | {2 * N * C * 4 / med / 1e6:.1f} |")
@@ -427,7 +435,7 @@ def plot(records: list[dict[str, Any]], meta: dict[str, Any], path: Path) -> Non
         return
     thread_counts = sorted({r["threads"] for r in records})
     fig, axes = plt.subplots(1, len(thread_counts), figsize=(6.5 * len(thread_counts), 4.8), squeeze=False)
-    for ax, threads in zip(axes[0], thread_counts):
+    for ax, threads in zip(axes[0], thread_counts, strict=True):
         rows = [r for r in records if r["threads"] == threads and r["dtype"] == "float32"
                 and r["floor"] == "copy" and not r["method"].startswith("xentcy ")]
         floor: dict[int, list[float]] = {}

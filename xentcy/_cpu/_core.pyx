@@ -72,6 +72,10 @@ cdef Py_ssize_t PARALLEL_MIN_ELEMENTS = 1 << 15
 # From this many bytes on, the gradient is written with non-temporal stores,
 # as memcpy does: it would not stay in the caches anyway.
 cdef Py_ssize_t STREAM_MIN_BYTES = 1 << 23
+# ... and rows of at least this many bytes: a row's streamed stores come as one burst after
+# its exp pass, and bursts of 4 KiB ran at 2.1x the copy against 1.5x with plain stores at
+# (8192, 1000) float32 (at 8 KiB rows and up streaming wins; benchmarks/cpu-notes.md, v5).
+cdef Py_ssize_t STREAM_MIN_ROW_BYTES = 6144
 
 cdef const xent_kernels* _kernels = &xent_tables[xent_best_isa()]
 
@@ -131,6 +135,11 @@ cdef void _run(xent_rows_fn fn, const xent_args* k, Py_ssize_t N, int n_threads,
         fn(k, t * N // n_threads, (t + 1) * N // n_threads, scratch + t * scratch_stride)
 
 
+cdef inline bint _stream(bint want_grad, Py_ssize_t N, Py_ssize_t row_bytes) noexcept nogil:
+    """Whether the gradient is written with streaming stores."""
+    return want_grad and N * row_bytes >= STREAM_MIN_BYTES and row_bytes >= STREAM_MIN_ROW_BYTES
+
+
 cdef object _scratch(int n_threads, Py_ssize_t C, dtype):
     """Per-thread room for a row of exp(A_c - m) and the kernels' block shifts."""
     return np.empty((n_threads, C + C // 64 + 2), dtype)
@@ -172,7 +181,7 @@ def cross_entropy_index(
     k.g_stride = G.strides[0] if want_grad else 0
     k.out = &loss[0]
     k.C = C
-    k.nt_store = want_grad and N * C * <Py_ssize_t>sizeof(floating) >= STREAM_MIN_BYTES
+    k.nt_store = _stream(want_grad, N, C * <Py_ssize_t>sizeof(floating))
     cdef int n_threads = _threads(N, C)
     cdef floating[:, ::1] scratch = _scratch(n_threads, C, np.float32 if floating is float else np.float64)
     with nogil:
@@ -207,7 +216,7 @@ def cross_entropy_prob(
     k.g_stride = G.strides[0] if want_grad else 0
     k.out = &loss[0]
     k.C = C
-    k.nt_store = want_grad and N * C * <Py_ssize_t>sizeof(floating) >= STREAM_MIN_BYTES
+    k.nt_store = _stream(want_grad, N, C * <Py_ssize_t>sizeof(floating))
     cdef int n_threads = _threads(N, C)
     cdef floating[:, ::1] scratch = _scratch(n_threads, C, np.float32 if floating is float else np.float64)
     with nogil:

@@ -12,6 +12,16 @@
 
 #include "xent_simd.h"
 
+/* The next row prefetched: this many rows ahead, with this locality hint (2: prefetcht1,
+ * into L2). Measured (cpu-notes v5): distance 2 or prefetcht0 no faster at C = 1000, and
+ * prefetcht0 1.65x against 1.2x the copy at C = 32000 (the rows are 128 KiB). */
+#ifndef XENT_PF_DIST
+#define XENT_PF_DIST 1
+#endif
+#ifndef XENT_PF_HINT
+#define XENT_PF_HINT 2
+#endif
+
 /* Elements per block of the one-pass max-and-sum: 4 KiB, so a block is read
  * from memory once and again from L1. */
 #define BLK (64 * W)
@@ -69,7 +79,7 @@ XI double XN(sum_exp)(const T* a, ptrdiff_t n, T shift, T* e, const int bounded)
  * on their way into L2 while this row is computed. */
 XI void XN(prefetch4)(const T* next, ptrdiff_t c) {
     for (ptrdiff_t j = 0; j < 4 * W; j += 64 / (ptrdiff_t)sizeof(T))
-        __builtin_prefetch(next + c + j, 0, 2);
+        __builtin_prefetch(next + c + j, 0, XENT_PF_HINT);
 }
 
 /* max_c A_c: a NaN logit is never chosen (it shows up in the sum). */
@@ -89,21 +99,63 @@ static XENT_TARGET T XN(row_max)(const T* a, ptrdiff_t C) {
     return XN(hmax)(XN(max)(XN(max)(m0, m1), XN(max)(m2, m3)));
 }
 
+/* w_c q_c for the vector of classes at c: q_c = onem Q_c + smooth (q NULL: smooth),
+ * w_c = 1 where w is NULL. */
+XI V XN(target_mass)(const T* q, const T* w, ptrdiff_t c, T onem, T smooth) {
+    V wq = q ? XN(load)(q + c) * onem + smooth : XN(splat)(smooth);
+    return w ? wq * XN(load)(w + c) : wq;
+}
+
+XI V XN(target_mass_part)(const T* q, const T* w, ptrdiff_t c, ptrdiff_t n, T onem, T smooth) {
+    V wq = q ? XN(load_part)(q + c, n, 0) * onem + smooth : XN(splat)(smooth);
+    wq = w ? wq * XN(load_part)(w + c, n, 0) : wq;
+    return XN(select)(XN(lanes_below)(n), wq, XN(splat)(0));
+}
+
+/* The target mass of a probability row, gathered in the exp pass: t += w_c q_c (m - A_c)
+ * over the classes of nonzero mass (A_c may be -inf where the mass is 0), tot += w_c q_c. */
+typedef struct {
+    const T* q;
+    const T* w;
+    const T* next_q;  /* the next row of Q, prefetched meanwhile (NULL: left to the hardware) */
+    T onem, smooth;
+    double t, total;
+} XN(mass_t);
+
+XI void XN(mass_acc)(V* acc_t, V* acc_m, V wq, V vm, V a) {
+    *acc_t += XN(select)(wq != 0, wq * (vm - a), XN(splat)(0));
+    *acc_m += wq;
+}
+
+/* g_c = k1 e_c - scale w_c q_c: one vector of a gradient row (one expression for every
+ * loop that forms it, so that a row's gradient is the same whichever loop wrote it). */
+XI V XN(grad_expr)(V e, V mass, T k1, T scale) { return e * k1 - mass * scale; }
+
 /* sum_c exp(A_c - m) for the row's finite max m, the terms into e unless it is
  * NULL, four vectors at a time; the next row (next, same length) is prefetched
- * meanwhile. Float partial sums per block of BLK classes, double across blocks. */
-static XENT_TARGET double XN(sum_exp_le0)(const T* a, ptrdiff_t C, T m, T* e, const T* next) {
-    V vm = XN(splat)(m), x0, x1, x2, x3;
+ * meanwhile. Float partial sums per block of BLK classes, double across blocks.
+ * mass (an always_inline constant pointer, NULL or not): the target mass too,
+ * so that A and Q are each read once in this pass. */
+XI double XN(sum_exp_le0_impl)(
+    const T* a, ptrdiff_t C, T m, T* e, const T* next, XN(mass_t)* mass
+) {
+    V vm = XN(splat)(m), x0, x1, x2, x3, a0, a1, a2, a3, zero = XN(splat)(0);
     double s = 0.0;
     for (ptrdiff_t c0 = 0; c0 < C; c0 += BLK) {
         ptrdiff_t end = c0 + BLK < C ? c0 + BLK : C, c = c0;
-        V acc0 = XN(splat)(0), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+        V acc0 = zero, acc1 = zero, acc2 = zero, acc3 = zero, mt0 = zero, mt1 = zero, mm0 = zero, mm1 = zero;
         for (; c + 4 * W <= end; c += 4 * W) {
             XN(prefetch4)(next, c);
-            x0 = XN(exp_le0)(XN(load)(a + c) - vm);
-            x1 = XN(exp_le0)(XN(load)(a + c + W) - vm);
-            x2 = XN(exp_le0)(XN(load)(a + c + 2 * W) - vm);
-            x3 = XN(exp_le0)(XN(load)(a + c + 3 * W) - vm);
+            if (mass && mass->next_q)
+                XN(prefetch4)(mass->next_q, c);
+            a0 = XN(load)(a + c);
+            a1 = XN(load)(a + c + W);
+            a2 = XN(load)(a + c + 2 * W);
+            a3 = XN(load)(a + c + 3 * W);
+            x0 = XN(exp_le0)(a0 - vm);
+            x1 = XN(exp_le0)(a1 - vm);
+            x2 = XN(exp_le0)(a2 - vm);
+            x3 = XN(exp_le0)(a3 - vm);
             acc0 += x0;
             acc1 += x1;
             acc2 += x2;
@@ -114,28 +166,56 @@ static XENT_TARGET double XN(sum_exp_le0)(const T* a, ptrdiff_t C, T m, T* e, co
                 XN(store)(e + c + 2 * W, x2);
                 XN(store)(e + c + 3 * W, x3);
             }
+            if (mass) {
+                XN(mass_acc)(&mt0, &mm0, XN(target_mass)(mass->q, mass->w, c, mass->onem, mass->smooth), vm, a0);
+                XN(mass_acc)(&mt1, &mm1, XN(target_mass)(mass->q, mass->w, c + W, mass->onem, mass->smooth), vm, a1);
+                XN(mass_acc)(&mt0, &mm0, XN(target_mass)(mass->q, mass->w, c + 2 * W, mass->onem, mass->smooth), vm, a2);
+                XN(mass_acc)(&mt1, &mm1, XN(target_mass)(mass->q, mass->w, c + 3 * W, mass->onem, mass->smooth), vm, a3);
+            }
         }
         for (; c + W <= end; c += W) {
-            x0 = XN(exp_le0)(XN(load)(a + c) - vm);
+            a0 = XN(load)(a + c);
+            x0 = XN(exp_le0)(a0 - vm);
             acc0 += x0;
             if (e)
                 XN(store)(e + c, x0);
+            if (mass)
+                XN(mass_acc)(&mt0, &mm0, XN(target_mass)(mass->q, mass->w, c, mass->onem, mass->smooth), vm, a0);
         }
         if (c < end) {
             /* the padding is -inf: exp(-inf - m) = 0 */
-            x1 = XN(exp_le0)(XN(load_part)(a + c, end - c, -INFINITY) - vm);
+            a1 = XN(load_part)(a + c, end - c, -INFINITY);
+            x1 = XN(exp_le0)(a1 - vm);
             acc1 += x1;
             if (e)
                 XN(store_part)(e + c, x1, end - c);
+            if (mass)
+                /* the padding has zero mass */
+                XN(mass_acc)(&mt1, &mm1, XN(target_mass_part)(mass->q, mass->w, c, end - c, mass->onem, mass->smooth),
+                             vm, a1);
         }
         s += XN(hsum)((acc0 + acc1) + (acc2 + acc3));
+        if (mass) {
+            mass->t += XN(hsum)(mt0 + mt1);
+            mass->total += XN(hsum)(mm0 + mm1);
+        }
     }
     return s;
 }
 
+static XENT_TARGET double XN(sum_exp_le0)(const T* a, ptrdiff_t C, T m, T* e, const T* next) {
+    return XN(sum_exp_le0_impl)(a, C, m, e, next, NULL);
+}
+
+static XENT_TARGET double XN(sum_exp_le0_mass)(const T* a, ptrdiff_t C, T m, T* e, const T* next, XN(mass_t)* mass) {
+    return XN(sum_exp_le0_impl)(a, C, m, e, next, mass);
+}
+
 /* Rows of at most this many bytes are read three times (max, exp, gradient),
- * from L2 after the first: the row, its terms e and the next row fit there. */
-#define XENT_ROW_L2_BYTES (192 * 1024)
+ * from L2 after the first: the row, its terms e and the next row fit there (3 x 256 KiB
+ * of a 1 MiB L2: float64 at C = 32000 is 250 KiB a row, and went from 2.7x to 1.6x the copy
+ * when it left the one-pass path below, which was sized for 192 KiB). */
+#define XENT_ROW_L2_BYTES (256 * 1024)
 
 /* The rows too long for L2: one pass over memory, per block its max first,
  * then its sum from L1, s rescaled by exp(m_old - m_new) whenever m grows.
@@ -207,19 +287,6 @@ static XENT_TARGET void XN(max_sum_exp)(const T* a, ptrdiff_t C, T* e, T* m_out,
     *m_out = m;
 }
 
-/* w_c q_c for the vector of classes at c: q_c = onem Q_c + smooth (q NULL: smooth),
- * w_c = 1 where w is NULL. */
-XI V XN(target_mass)(const T* q, const T* w, ptrdiff_t c, T onem, T smooth) {
-    V wq = q ? XN(load)(q + c) * onem + smooth : XN(splat)(smooth);
-    return w ? wq * XN(load)(w + c) : wq;
-}
-
-XI V XN(target_mass_part)(const T* q, const T* w, ptrdiff_t c, ptrdiff_t n, T onem, T smooth) {
-    V wq = q ? XN(load_part)(q + c, n, 0) * onem + smooth : XN(splat)(smooth);
-    wq = w ? wq * XN(load_part)(w + c, n, 0) : wq;
-    return XN(select)(XN(lanes_below)(n), wq, XN(splat)(0));
-}
-
 /* t = sum_c w_c q_c (m - A_c) over the classes of nonzero mass (A_c may be -inf
  * where the mass is 0), and total = sum_c w_c q_c. */
 static XENT_TARGET double XN(mass_gap)(
@@ -260,18 +327,18 @@ static XENT_TARGET void XN(grad_row)(
         nt = 0;
     head = head < C ? head : C;
     if (head > 0) {
-        XN(store_part)(g, XN(load_part)(e, head, 0) * k1 - XN(target_mass_part)(q, w, 0, head, onem, smooth) * scale, head);
+        XN(store_part)(g, XN(grad_expr)(XN(load_part)(e, head, 0), XN(target_mass_part)(q, w, 0, head, onem, smooth), k1, scale), head);
         c = head;
     }
     if (nt) {
         for (; c + W <= C; c += W)
-            XN(stream)(g + c, XN(load)(e + c) * k1 - XN(target_mass)(q, w, c, onem, smooth) * scale);
+            XN(stream)(g + c, XN(grad_expr)(XN(load)(e + c), XN(target_mass)(q, w, c, onem, smooth), k1, scale));
     } else {
         for (; c + W <= C; c += W)
-            XN(store)(g + c, XN(load)(e + c) * k1 - XN(target_mass)(q, w, c, onem, smooth) * scale);
+            XN(store)(g + c, XN(grad_expr)(XN(load)(e + c), XN(target_mass)(q, w, c, onem, smooth), k1, scale));
     }
     if (c < C)
-        XN(store_part)(g + c, XN(load_part)(e + c, C - c, 0) * k1 - XN(target_mass_part)(q, w, c, C - c, onem, smooth) * scale, C - c);
+        XN(store_part)(g + c, XN(grad_expr)(XN(load_part)(e + c, C - c, 0), XN(target_mass_part)(q, w, c, C - c, onem, smooth), k1, scale), C - c);
 }
 
 /* Loss of one row with class index y; its gradient times scale into g (NULL: none). */
@@ -306,12 +373,24 @@ static XENT_TARGET double XN(index_row)(const xent_args* k, const T* a, ptrdiff_
 }
 
 /* Loss of one row with target probabilities Q, smoothed to (1 - eps) Q + eps / C. */
-static XENT_TARGET double XN(prob_row)(const xent_args* k, const T* a, const T* q, T* g, T* e, const T* next) {
+static XENT_TARGET double XN(prob_row)(
+    const xent_args* k, const T* a, const T* q, T* g, T* e, const T* next, const T* next_q
+) {
     ptrdiff_t C = k->C;
     double eps = k->eps, s, total_mass, t;
     T m;
-    XN(max_sum_exp)(a, C, g ? e : NULL, &m, &s, next);
-    t = XN(mass_gap)(a, q, (const T*)k->w, C, m, (T)(1.0 - eps), (T)(eps / C), &total_mass);
+    if (C * (ptrdiff_t)sizeof(T) <= XENT_ROW_L2_BYTES && isfinite(m = XN(row_max)(a, C))) {
+        /* the target mass in the exp pass: A and Q each read once there */
+        /* (the next row of Q prefetched only where rows are long: at C = 1000 it cost 30 %) */
+        XN(mass_t) mass = {q, (const T*)k->w, C * (ptrdiff_t)sizeof(T) >= 16384 ? next_q : NULL,
+                           (T)(1.0 - eps), (T)(eps / C), 0.0, 0.0};
+        s = XN(sum_exp_le0_mass)(a, C, m, g ? e : NULL, next, &mass);
+        t = mass.t;
+        total_mass = mass.total;
+    } else {
+        XN(max_sum_exp)(a, C, g ? e : NULL, &m, &s, next);
+        t = XN(mass_gap)(a, q, (const T*)k->w, C, m, (T)(1.0 - eps), (T)(eps / C), &total_mass);
+    }
     if (g) {
         if (k->scale == 0.0)
             memset(g, 0, C * sizeof(T));
@@ -325,6 +404,123 @@ static XENT_TARGET double XN(prob_row)(const xent_args* k, const T* a, const T* 
     return total_mass != 0.0 ? t + total_mass * log(s) : t;
 }
 
+#if XENT_AVX512 && XENT_F32
+/* In-register transposes of a block of 16 contiguous rows of C <= 16 classes, two ways;
+ * both exact (bits move, nothing is computed); gathers and scatters were slower (v3).
+ *
+ * C >= XENT_TR16_C: each row a masked load into one vector (classes past C are 0), a 16 x 16
+ * transpose (unpack ps, unpack pd, two 128-bit lane shuffles: 64 shuffles), and back the same
+ * way with masked stores.
+ *
+ * Fewer classes (the block is 16 C floats = C vectors): class c of row l is float f = l C + c
+ * of the block, lane f & 15 of vector f >> 4. In: vector c of classes gathers its 16 lanes from
+ * the vector pairs (2p, 2p + 1), one masked vpermt2ps per pair, index f & 31; out: the same
+ * from pairs of class vectors: about C (C + 1) / 2 permutes each way, fewer than the 16 x 16
+ * transposes' for C <= 6 (measured, (65536, C) with the gradient, times the copy: C = 2 13.8x
+ * against 21.9x, C = 6 8.7x against 9.2x; C = 7 10.9x against 9.8x; C = 10 10.3x against 8.9x). */
+#define XENT_TR_C 16
+#define XENT_TR16_C 7
+
+XI void XN(tr16)(__m512* r) {
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+#define XENT_PD(f, a, b) _mm512_castpd_ps(f(_mm512_castps_pd(a), _mm512_castps_pd(b)))
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = XENT_PD(_mm512_unpacklo_pd, t[i], t[i + 2]);
+        r[i + 1] = XENT_PD(_mm512_unpackhi_pd, t[i], t[i + 2]);
+        r[i + 2] = XENT_PD(_mm512_unpacklo_pd, t[i + 1], t[i + 3]);
+        r[i + 3] = XENT_PD(_mm512_unpackhi_pd, t[i + 1], t[i + 3]);
+    }
+#undef XENT_PD
+    for (int h = 0; h < 16; h += 8)
+        for (int i = 0; i < 4; i++) {
+            t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+            t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+        }
+    for (int i = 0; i < 8; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+    }
+}
+
+typedef struct {
+    __m512i in_idx[XENT_TR_C], out_idx[XENT_TR_C];
+    __mmask16 in_mask[XENT_TR_C][XENT_TR_C / 2], out_mask[XENT_TR_C][XENT_TR_C / 2];
+} XN(trp_t);
+
+static XENT_TARGET void XN(trp_init)(XN(trp_t)* t, ptrdiff_t C) {
+    memset(t, 0, sizeof(*t));
+    for (ptrdiff_t c = 0; c < C; c++) {
+        int32_t idx[16];
+        for (ptrdiff_t l = 0; l < 16; l++) {
+            ptrdiff_t f = l * C + c;
+            idx[l] = (int32_t)(f & 31);
+            t->in_mask[c][f >> 5] |= (__mmask16)(1u << l);
+        }
+        t->in_idx[c] = _mm512_loadu_si512(idx);
+    }
+    for (ptrdiff_t j = 0; j < C; j++) {
+        int32_t idx[16];
+        for (ptrdiff_t f = 0; f < 16; f++) {
+            ptrdiff_t g = 16 * j + f, l = g / C, c = g % C;
+            idx[f] = (int32_t)(l + 16 * (c & 1));
+            t->out_mask[j][c >> 1] |= (__mmask16)(1u << f);
+        }
+        t->out_idx[j] = _mm512_loadu_si512(idx);
+    }
+}
+
+/* out[c] = class c of the 16 rows at src (16 C contiguous floats). */
+XI void XN(trp_in)(const XN(trp_t)* t, const T* src, ptrdiff_t C, V* out) {
+    __m512 r[XENT_TR_C];
+    for (ptrdiff_t j = 0; j < C; j++)
+        r[j] = _mm512_loadu_ps(src + 16 * j);
+    for (ptrdiff_t c = 0; c < C; c++) {
+        __m512 acc = _mm512_setzero_ps();
+        for (ptrdiff_t p = 0; 2 * p < C; p++)
+            acc = _mm512_or_ps(acc, _mm512_maskz_permutex2var_ps(t->in_mask[c][p], r[2 * p], t->in_idx[c],
+                                                                 r[2 * p + 1 < C ? 2 * p + 1 : 2 * p]));
+        out[c] = (V)acc;
+    }
+}
+
+/* The 16 rows at dst (16 C contiguous floats) from their classes in[c]. */
+XI void XN(trp_out)(const XN(trp_t)* t, const V* in, ptrdiff_t C, T* dst) {
+    for (ptrdiff_t j = 0; j < C; j++) {
+        __m512 acc = _mm512_setzero_ps();
+        for (ptrdiff_t q = 0; 2 * q < C; q++)
+            acc = _mm512_or_ps(acc, _mm512_maskz_permutex2var_ps(t->out_mask[j][q], (__m512)in[2 * q], t->out_idx[j],
+                                                                 (__m512)in[2 * q + 1 < C ? 2 * q + 1 : 2 * q]));
+        _mm512_storeu_ps(dst + 16 * j, acc);
+    }
+}
+
+/* out[c] = class c of the 16 rows at src (rows of C contiguous floats). */
+XI void XN(tr_in)(const T* src, ptrdiff_t C, V* out) {
+    __m512 r[16];
+    __mmask16 mask = (__mmask16)((1u << C) - 1);
+    for (ptrdiff_t l = 0; l < 16; l++)
+        r[l] = _mm512_maskz_loadu_ps(mask, src + l * C);
+    XN(tr16)(r);
+    for (ptrdiff_t c = 0; c < C; c++)
+        out[c] = (V)r[c];
+}
+
+/* The 16 rows at dst (rows of C contiguous floats) from their classes in[c]. */
+XI void XN(tr_out)(const V* in, ptrdiff_t C, T* dst) {
+    __m512 r[16];
+    __mmask16 mask = (__mmask16)((1u << C) - 1);
+    for (ptrdiff_t c = 0; c < 16; c++)
+        r[c] = c < C ? (__m512)in[c] : _mm512_setzero_ps();
+    XN(tr16)(r);
+    for (ptrdiff_t l = 0; l < 16; l++)
+        _mm512_mask_storeu_ps(dst + l * C, mask, r[l]);
+}
+#endif
+
 /* Few classes: the rows [r0, r0 + W) go one per lane, classes in a loop, so
  * that every vector operation is useful. at[c] holds class c of the W rows. */
 static XENT_TARGET void XN(cross_entropy_small)(const xent_args* k, ptrdiff_t begin, ptrdiff_t end) {
@@ -333,20 +529,65 @@ static XENT_TARGET void XN(cross_entropy_small)(const xent_args* k, ptrdiff_t be
     T eps = (T)k->eps, onem = (T)(1.0 - k->eps), smooth = (T)(k->eps / k->C), scale = (T)k->scale;
     V at[XENT_SMALL_C], qt[XENT_SMALL_C], zero = XN(splat)(0);
     double* loss_out = (double*)k->out;
+#if XENT_AVX512 && XENT_F32
+    /* contiguous rows (and gradient rows): whole blocks go through the in-register transposes */
+    ptrdiff_t row_bytes = C * (ptrdiff_t)sizeof(T);
+    int tr = C <= XENT_TR_C && k->a_stride == row_bytes && (!k->Q || k->q_stride == row_bytes) &&
+             (!k->G || k->g_stride == row_bytes);
+    XN(trp_t) trp;
+    if (tr && C < XENT_TR16_C)
+        XN(trp_init)(&trp, C);
+#endif
     for (ptrdiff_t r0 = begin; r0 < end; r0 += W) {
         ptrdiff_t nl = end - r0 < W ? end - r0 : W;
         IV y = (IV){0} - 1, keep = (IV){0};
         V m = XN(splat)(-INFINITY), s = zero, t = zero, total = zero, a_y = zero, w_y = zero, loss;
+        int block_in = 0;
+#if XENT_AVX512 && XENT_F32
+        if (tr && nl == W) {
+            if (C >= XENT_TR16_C)
+                XN(tr_in)(ROW(k->A, k->a_stride, r0), C, at);
+            else
+                XN(trp_in)(&trp, ROW(k->A, k->a_stride, r0), C, at);
+            if (k->Q) {
+                if (C >= XENT_TR16_C)
+                    XN(tr_in)(ROW(k->Q, k->q_stride, r0), C, qt);
+                else
+                    XN(trp_in)(&trp, ROW(k->Q, k->q_stride, r0), C, qt);
+            } else {
+                /* the targets without a scalar loop: kept lanes, y (-1 where ignored), A_y, w_y */
+                __m512i ign = _mm512_set1_epi64((long long)k->ignore_index);
+                __m512i y0 = _mm512_loadu_si512(k->y + r0), y1 = _mm512_loadu_si512(k->y + r0 + 8);
+                __mmask16 kept = _mm512_kunpackb(_mm512_cmpneq_epi64_mask(y1, ign), _mm512_cmpneq_epi64_mask(y0, ign));
+                __m512i y32 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(y0)),
+                                                 _mm512_cvtepi64_epi32(y1), 1);
+                y = (IV)_mm512_mask_mov_epi32(_mm512_set1_epi32(-1), kept, y32);
+                keep = (IV)_mm512_movm_epi32(kept);
+                w_y = w ? zero : (V)_mm512_maskz_mov_ps(kept, _mm512_set1_ps(1.0f));
+                for (ptrdiff_t c = 0; c < C; c++) {
+                    IV is_c = y == (IV){0} + (int32_t)c;
+                    a_y = XN(select)(is_c, at[c], a_y);
+                    if (w)
+                        w_y = XN(select)(is_c, XN(splat)(w[c]), w_y);
+                }
+            }
+            block_in = 2;
+        }
+#endif
         /* transpose the block in; lanes past the last row repeat row r0 and are never stored */
-        for (ptrdiff_t l = 0; l < W; l++) {
+        for (ptrdiff_t l = 0; l < W && block_in != 2; l++) {
             ptrdiff_t i = r0 + (l < nl ? l : 0);
             const T* a = ROW(k->A, k->a_stride, i);
-            for (ptrdiff_t c = 0; c < C; c++)
-                at[c][l] = a[c];
-            if (k->Q) {
-                const T* q = ROW(k->Q, k->q_stride, i);
+            if (!block_in) {
                 for (ptrdiff_t c = 0; c < C; c++)
-                    qt[c][l] = q[c];
+                    at[c][l] = a[c];
+            }
+            if (k->Q) {
+                if (!block_in) {
+                    const T* q = ROW(k->Q, k->q_stride, i);
+                    for (ptrdiff_t c = 0; c < C; c++)
+                        qt[c][l] = q[c];
+                }
             } else if (k->y[i] != k->ignore_index) {
                 y[l] = k->y[i];
                 keep[l] = -1;
@@ -407,6 +648,15 @@ static XENT_TARGET void XN(cross_entropy_small)(const xent_args* k, ptrdiff_t be
                 at[c] = zero;
         }
         /* transpose the gradient out */
+#if XENT_AVX512 && XENT_F32
+        if (block_in) {
+            if (C >= XENT_TR16_C)
+                XN(tr_out)(at, C, OUT_ROW(k->G, k->g_stride, r0));
+            else
+                XN(trp_out)(&trp, at, C, OUT_ROW(k->G, k->g_stride, r0));
+            continue;
+        }
+#endif
         for (ptrdiff_t l = 0; l < nl; l++) {
             T* g = OUT_ROW(k->G, k->g_stride, r0 + l);
             for (ptrdiff_t c = 0; c < C; c++)
@@ -425,9 +675,10 @@ static XENT_TARGET void XN(cross_entropy)(const xent_args* k, ptrdiff_t begin, p
     for (ptrdiff_t i = begin; i < end; i++) {
         const T* a = ROW(k->A, k->a_stride, i);
         T* g = k->G ? OUT_ROW(k->G, k->g_stride, i) : NULL;
-        const T* next = i + 1 < end ? ROW(k->A, k->a_stride, i + 1) : a;
+        const T* next = i + XENT_PF_DIST < end ? ROW(k->A, k->a_stride, i + XENT_PF_DIST) : a;
         if (k->Q) {
-            loss[i] = XN(prob_row)(k, a, ROW(k->Q, k->q_stride, i), g, (T*)scratch, next);
+            loss[i] = XN(prob_row)(k, a, ROW(k->Q, k->q_stride, i), g, (T*)scratch, next,
+                                   ROW(k->Q, k->q_stride, i + 1 < end ? i + 1 : i));
         } else if (k->y[i] == k->ignore_index) {
             loss[i] = 0.0;
             if (g)
@@ -486,6 +737,8 @@ static XENT_TARGET void XN(exp_array)(const T* x, T* out, ptrdiff_t n) {
 
 #undef XENT_VX
 #undef XENT_NATIVE
+#undef XENT_TR_C
+#undef XENT_TR16_C
 #undef BLK
 #undef XENT_EXP
 #undef XENT_ROW_L2_BYTES

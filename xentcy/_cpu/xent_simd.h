@@ -179,20 +179,23 @@ XI V XN(exp_impl)(V x, const int bounded) {
     /* r = x - n ln2, in two steps so that n ln2_hi is exact */
     V r = x - n * ln2_hi;
     r = r - n * ln2_lo;
-#if XENT_F32 && XENT_X86 && XENT_VBYTES >= 32
-    /* exp(r) ~ 1 + r + c2 r^2 + ... + c5 r^5, minimax on |r| <= ln2/2 (the coefficients
-     * of ARM optimized-routines' vector expf); 5 FMA (AVX2 and AVX-512 have FMA, and GCC
-     * contracts p * r + c into it). Every float32 input measured exhaustively: see
-     * benchmarks/results/exp_ulp.txt. */
+#if XENT_X86 && XENT_VBYTES >= 32
     /* (explicit FMA: the error bound needs each step rounded once, whatever -ffp-contract says) */
 #define XENT_FMA(a, b, c) ((V)XENT_VX(fmadd)((XENT_NATIVE)(a), (XENT_NATIVE)(b), (XENT_NATIVE)XN(splat)(c)))
+#else
+    /* no FMA in the instruction set: GCC may still contract where the target has it */
+#define XENT_FMA(a, b, c) ((a) * (b) + (c))
+#endif
+#if XENT_F32 && XENT_X86 && XENT_VBYTES >= 32
+    /* exp(r) ~ 1 + r + c2 r^2 + ... + c5 r^5, minimax on |r| <= ln2/2 (the coefficients
+     * of ARM optimized-routines' vector expf); 5 FMA (AVX2 and AVX-512 have FMA).
+     * Every float32 input measured exhaustively: see benchmarks/results/exp_ulp.txt. */
     p = XN(splat)(0x1.0e4020p-7f);
     p = XENT_FMA(p, r, 0x1.573e2ep-5f);
     p = XENT_FMA(p, r, 0x1.555e66p-3f);
     p = XENT_FMA(p, r, 0x1.fffdb6p-2f);
     p = XENT_FMA(p, r, 0x1.ffffecp-1f);
     p = XENT_FMA(p, r, 1.0f);
-#undef XENT_FMA
 #elif XENT_F32
     /* without FMA (each step rounds twice) one more degree: coefficients fitted for
      * relative error 2e-8 on |r| <= ln2/2 */
@@ -204,22 +207,24 @@ XI V XN(exp_impl)(V x, const int bounded) {
     p = p * r + 1.0f;
     p = p * r + 1.0f;
 #else
-    /* exp(r) ~ sum_{k <= 13} r^k / k!, truncation error below 1e-17 on |r| <= ln2/2 */
-    p = XN(splat)(1.0 / 6227020800.0);
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    /* exp(r) ~ 1 + r + c2 r^2 + ... + c11 r^11: Remez minimax of the relative error on
+     * |r| <= ln2/2 with c0 = c1 = 1 fixed (`benchmarks/exp_ulp.py --fit-f64`), 7.7e-18 = 0.07
+     * 2^-53 before rounding; 11 FMA where the degree-13 Taylor series took 13. The error
+     * with rounding: tests/test_cpu_simd.py (max ulp over a dense sample and the edges). */
+    p = XN(splat)(0x1.af631dc77317bp-26);
+    p = XENT_FMA(p, r, 0x1.28b40639f7187p-22);
+    p = XENT_FMA(p, r, 0x1.71ddf6badec7dp-19);
+    p = XENT_FMA(p, r, 0x1.a01993bebde07p-16);
+    p = XENT_FMA(p, r, 0x1.a01a01b009b94p-13);
+    p = XENT_FMA(p, r, 0x1.6c16c185fded5p-10);
+    p = XENT_FMA(p, r, 0x1.111111110f808p-7);
+    p = XENT_FMA(p, r, 0x1.55555555503f4p-5);
+    p = XENT_FMA(p, r, 0x1.5555555555558p-3);
+    p = XENT_FMA(p, r, 0x1.0000000000009p-1);
+    p = XENT_FMA(p, r, 1.0);
+    p = XENT_FMA(p, r, 1.0);
 #endif
+#undef XENT_FMA
 #if XENT_AVX512 && XENT_F32
     /* p 2^n, rounded once, subnormals included */
     return (V)_mm512_scalef_ps((__m512)p, (__m512)n);
