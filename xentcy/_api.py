@@ -121,9 +121,10 @@ def _prepare_cross_entropy(
         reduction=reduction,
         dtypes=getattr(backend, "DTYPES", None),
     )
-    # Dask computes D lazily, chunk by chunk; every other backend at once
-    denominator = getattr(backend, "denominator", _checks.denominator)
-    return backend, call, denominator(call)
+    if hasattr(backend, "denominator"):  # Dask: D lazily, chunk by chunk
+        return backend, call, backend.denominator(call)
+    # D and the range check, in one compiled pass where the backend has one
+    return backend, call, _checks.denominator(call, getattr(backend, "class_index_summary", None))
 
 
 def cross_entropy(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +138,13 @@ def _check_class_index_dtype(xp: Any, y: Any) -> Any:
     return xp.astype(y, xp.int64, copy=False)
 
 
+def _class_index_error(call: CrossEntropyCall, value: int) -> ValueError:
+    return ValueError(
+        f"target holds the class index {value}, outside [0, {call.num_classes}) "
+        f"and not ignore_index={call.ignore_index}"
+    )
+
+
 def check_class_index_values(call: CrossEntropyCall) -> None:
     """Every class index is in [0, C) or equal to ignore_index (one read-back of a flag)."""
     xp, y, num_classes = call.xp, call.target, call.num_classes
@@ -149,10 +157,7 @@ def check_class_index_values(call: CrossEntropyCall) -> None:
         value = int(xp.max(xp.where(too_big, y, xp.zeros_like(y))))
     else:
         value = int(xp.min(xp.where(bad, y, xp.zeros_like(y))))
-    raise ValueError(
-        f"target holds the class index {value}, outside [0, {num_classes}) "
-        f"and not ignore_index={call.ignore_index}"
-    )
+    raise _class_index_error(call, value)
 
 
 def _check_probabilities(xp: Any, q: Any, logits: Any, dtypes: tuple[Any, ...] | None) -> Any:
@@ -268,7 +273,9 @@ def check_grad_output(
             raise ValueError(f"out must not share memory with {name}")
 
 
-def denominator(call: CrossEntropyCall) -> Any:
+def denominator(
+    call: CrossEntropyCall, summary: Callable[[Any], tuple[Any, int | None]] | None = None
+) -> Any:
     """D, what the mean divides by (torch's rule, api.md "Semantics"), after checking
     that every class index is in range (D needs every index anyway).
 
@@ -276,10 +283,17 @@ def denominator(call: CrossEntropyCall) -> Any:
     are not ignored (their count without weights), accumulated in float64 and
     left on the arrays' device as a 0-d array, so that no more than the range
     check's one flag is read back. Probabilities: the number of samples, a float.
+    ``summary(call)``, where a backend has one, computes this D and the largest
+    out-of-range index (or None) in one pass instead.
     """
     xp = call.xp
     if not call.class_indices:
         return float(call.num_samples)
+    if summary is not None:
+        total, bad = summary(call)
+        if bad is not None:
+            raise _class_index_error(call, bad)
+        return total
     check_class_index_values(call)
     y = call.target
     kept = y != call.ignore_index

@@ -6,6 +6,7 @@ imported, so xentcy never imports CuPy, torch, JAX or Dask itself.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any
 
@@ -58,7 +59,9 @@ def backend(xp: Any, x: Any) -> Any:
         from ._checks import denominator
 
         chunk_xp = array_namespace(x._meta)
-        return _dask.DaskBackend(chunk_xp, backend(chunk_xp, x._meta), denominator)
+        chunk_backend = backend(chunk_xp, x._meta)
+        summary = getattr(chunk_backend, "class_index_summary", None)
+        return _dask.DaskBackend(chunk_xp, chunk_backend, functools.partial(denominator, summary=summary))
     from . import _generic
 
     return _generic

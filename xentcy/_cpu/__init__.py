@@ -87,6 +87,25 @@ def logsumexp(xp: Any, x: np.ndarray, axis: int, keepdims: bool) -> np.ndarray:
     return np.expand_dims(out, axis) if keepdims else out
 
 
+def _class_indices(call: Any) -> np.ndarray:
+    return np.ascontiguousarray(call.target, dtype=np.intp).reshape(-1)
+
+
+def _weight(call: Any, dtype: Any) -> tuple[np.ndarray, bool]:
+    """The class weights (or an empty stand-in of ``dtype``) and whether there are any."""
+    if call.weight is None:
+        return np.empty(0, dtype), False
+    return np.ascontiguousarray(call.weight), True
+
+
+def class_index_summary(call: Any) -> tuple[float, int | None]:
+    """(D, an out-of-range class index or None) in one pass over the targets."""
+    weight, has_weight = _weight(call, np.float64)
+    return _core.class_index_summary(
+        _class_indices(call), weight, has_weight, call.ignore_index, call.num_classes
+    )
+
+
 def cross_entropy_rows(
     call: Any, *, want_grad: bool, out: np.ndarray | None, grad_scale: float
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -103,11 +122,10 @@ def cross_entropy_rows(
     if want_grad:
         grad = _RowsOut(np.empty_like(logits) if out is None else out, axis)
     g = grad.rows if grad is not None else np.empty((0, 0), logits.dtype)
-    has_weight = call.weight is not None
-    weight = np.ascontiguousarray(call.weight) if has_weight else np.empty(0, logits.dtype)
+    weight, has_weight = _weight(call, logits.dtype)
     eps = call.label_smoothing
     if call.class_indices:
-        y = np.ascontiguousarray(call.target, dtype=np.intp).reshape(n_rows)
+        y = _class_indices(call)
         _core.cross_entropy_index(
             a, y, weight, has_weight, eps, call.ignore_index, grad_scale, g, want_grad, loss
         )

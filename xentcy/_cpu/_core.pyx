@@ -255,3 +255,34 @@ def logsumexp(const floating[:, :] A, floating[:] out):
     k.C = C
     with nogil:
         _run(_kernels.logsumexp[_dtype(<floating*>NULL)], &k, N, _threads(N, C), NULL, 0)
+
+
+def class_index_summary(
+    const Py_ssize_t[:] y,
+    const floating[:] weight,
+    bint has_weight,
+    Py_ssize_t ignore_index,
+    Py_ssize_t num_classes,
+):
+    """(D, bad) of class indices y in one pass: D = sum of w[y] over the samples that
+    are not ignored (their count without weights), in float64; bad = None, or the
+    largest index >= C if there is one, else the smallest negative one.
+    """
+    cdef Py_ssize_t N = y.shape[0], i, v, high = -1, low = 0
+    cdef double total = 0.0
+    with nogil:
+        for i in range(N):
+            v = y[i]
+            if v == ignore_index:
+                continue
+            if v >= num_classes:
+                high = v if v > high else high
+            elif v < 0:
+                low = v if v < low else low
+            elif has_weight:
+                total += weight[v]
+            else:
+                total += 1.0
+    if high >= num_classes:
+        return total, high
+    return total, (low if low < 0 else None)
