@@ -149,6 +149,22 @@ cdef inline int _dtype(floating* unused) noexcept nogil:
     return 0 if floating is float else 1
 
 
+cdef void _run_cross_entropy(
+    xent_args* k, floating[:, :] G, bint want_grad, double[:] loss, Py_ssize_t N, Py_ssize_t C
+):
+    """Completes k with the outputs and runs the cross-entropy rows on the chosen threads."""
+    k.G = <char*>&G[0, 0] if want_grad else NULL
+    k.g_stride = G.strides[0] if want_grad else 0
+    k.out = &loss[0]
+    k.C = C
+    k.nt_store = _stream(want_grad, N, C * <Py_ssize_t>sizeof(floating))
+    cdef int n_threads = _threads(N, C)
+    cdef floating[:, ::1] scratch = _scratch(n_threads, C, np.float32 if floating is float else np.float64)
+    with nogil:
+        _run(_kernels.cross_entropy[_dtype(<floating*>NULL)], k, N, n_threads,
+             <char*>&scratch[0, 0], scratch.strides[0])
+
+
 def cross_entropy_index(
     const floating[:, :] A,
     const Py_ssize_t[:] y,
@@ -177,16 +193,7 @@ def cross_entropy_index(
         for c in range(C):
             k.w_sum += weight[c]
     k.eps, k.scale, k.ignore_index = eps, scale, ignore_index
-    k.G = <char*>&G[0, 0] if want_grad else NULL
-    k.g_stride = G.strides[0] if want_grad else 0
-    k.out = &loss[0]
-    k.C = C
-    k.nt_store = _stream(want_grad, N, C * <Py_ssize_t>sizeof(floating))
-    cdef int n_threads = _threads(N, C)
-    cdef floating[:, ::1] scratch = _scratch(n_threads, C, np.float32 if floating is float else np.float64)
-    with nogil:
-        _run(_kernels.cross_entropy[_dtype(<floating*>NULL)], &k, N, n_threads,
-             <char*>&scratch[0, 0], scratch.strides[0])
+    _run_cross_entropy(&k, G, want_grad, loss, N, C)
 
 
 def cross_entropy_prob(
@@ -212,16 +219,7 @@ def cross_entropy_prob(
     k.q_stride = Q.strides[0]
     k.w = &weight[0] if has_weight else NULL
     k.eps, k.scale = eps, scale
-    k.G = <char*>&G[0, 0] if want_grad else NULL
-    k.g_stride = G.strides[0] if want_grad else 0
-    k.out = &loss[0]
-    k.C = C
-    k.nt_store = _stream(want_grad, N, C * <Py_ssize_t>sizeof(floating))
-    cdef int n_threads = _threads(N, C)
-    cdef floating[:, ::1] scratch = _scratch(n_threads, C, np.float32 if floating is float else np.float64)
-    with nogil:
-        _run(_kernels.cross_entropy[_dtype(<floating*>NULL)], &k, N, n_threads,
-             <char*>&scratch[0, 0], scratch.strides[0])
+    _run_cross_entropy(&k, G, want_grad, loss, N, C)
 
 
 def softmax(const floating[:, :] A, floating[:, :] out, bint log_space):
