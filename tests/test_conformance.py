@@ -142,6 +142,19 @@ def check_all_entry_points(xp, logits, target, target_axis, axis, dtype, reducti
     assert_close(grad, ref_grad, dtype, rtol, xp)
 
 
+def keyword_arguments(xp, rng, C, weight_kind, ignore_index, smoothing, dtype):
+    """(xentcy's keywords, the reference's keywords) for one case; draws the weights from rng."""
+    weight, ref_weight = weight_arguments(xp, weight_kind, random_weight(rng, C), dtype)
+    kwargs, ref_kwargs = {}, {}
+    if weight is not None:
+        kwargs["weight"], ref_kwargs["weight"] = weight, ref_weight
+    if ignore_index is not None:
+        kwargs["ignore_index"] = ref_kwargs["ignore_index"] = ignore_index
+    if smoothing is not None:
+        kwargs["label_smoothing"] = ref_kwargs["label_smoothing"] = smoothing
+    return kwargs, ref_kwargs
+
+
 @pytest.mark.parametrize("shape, axis, dtype, reduction, keywords, seed, in_subset",
                          rotated_cases(INDEX_KEYWORDS))
 def test_index_target_loss_and_grad_match_reference(xp, shape, axis, dtype, reduction,
@@ -162,15 +175,7 @@ def test_index_target_loss_and_grad_match_reference(xp, shape, axis, dtype, redu
     else:
         target = int(rng.integers(0, C))  # 1-D logits take a Python int
 
-    w = random_weight(rng, C)
-    weight, ref_weight = weight_arguments(xp, weight_kind, w, dtype)
-    kwargs, ref_kwargs = {}, {}
-    if weight is not None:
-        kwargs["weight"], ref_kwargs["weight"] = weight, ref_weight
-    if ignore_index is not None:
-        kwargs["ignore_index"] = ref_kwargs["ignore_index"] = ignore_index
-    if smoothing is not None:
-        kwargs["label_smoothing"] = ref_kwargs["label_smoothing"] = smoothing
+    kwargs, ref_kwargs = keyword_arguments(xp, rng, C, weight_kind, ignore_index, smoothing, dtype)
     check_all_entry_points(xp, logits, target, None, axis, dtype, reduction, kwargs,
                            ref_kwargs)
 
@@ -193,15 +198,7 @@ def test_probability_target_loss_and_grad_match_reference(xp, shape, axis, dtype
                                         for i in range(len(shape))]) == classes
         target = one_hot.astype(np.float64 if kind == "one_hot_float" else np.int64)
 
-    w = random_weight(rng, C)
-    weight, ref_weight = weight_arguments(xp, weight_kind, w, dtype)
-    kwargs, ref_kwargs = {}, {}
-    if weight is not None:
-        kwargs["weight"], ref_kwargs["weight"] = weight, ref_weight
-    if ignore_index is not None:
-        kwargs["ignore_index"] = ref_kwargs["ignore_index"] = ignore_index
-    if smoothing is not None:
-        kwargs["label_smoothing"] = ref_kwargs["label_smoothing"] = smoothing
+    kwargs, ref_kwargs = keyword_arguments(xp, rng, C, weight_kind, ignore_index, smoothing, dtype)
     check_all_entry_points(xp, logits, target, axis, axis, dtype, reduction, kwargs,
                            ref_kwargs)
 
