@@ -266,21 +266,23 @@ def class_index_summary(
     are not ignored (their count without weights), in float64; bad = None, or the
     largest index >= C if there is one, else the smallest negative one.
     """
-    cdef Py_ssize_t N = y.shape[0], i, v, high = -1, low = 0
+    cdef Py_ssize_t N = y.shape[0], i, v, high = -1, low = 0, count = 0
     cdef double total = 0.0
     with nogil:
         for i in range(N):
             v = y[i]
             if v == ignore_index:
                 continue
-            if v >= num_classes:
+            if <size_t>v < <size_t>num_classes:
+                if has_weight:
+                    total += weight[v]
+                else:
+                    count += 1  # an integer count: exact, and no chain of float additions
+            elif v >= num_classes:
                 high = v if v > high else high
-            elif v < 0:
-                low = v if v < low else low
-            elif has_weight:
-                total += weight[v]
             else:
-                total += 1.0
+                low = v if v < low else low
+    cdef double d = total if has_weight else <double>count
     if high >= num_classes:
-        return total, high
-    return total, (low if low < 0 else None)
+        return d, high
+    return d, (low if low < 0 else None)
