@@ -140,9 +140,15 @@ cdef inline bint _stream(bint want_grad, Py_ssize_t N, Py_ssize_t row_bytes) noe
     return want_grad and N * row_bytes >= STREAM_MIN_BYTES and row_bytes >= STREAM_MIN_ROW_BYTES
 
 
-cdef object _scratch(int n_threads, Py_ssize_t C, dtype):
-    """Per-thread room for a row of exp(A_c - m) and the kernels' block shifts."""
-    return np.empty((n_threads, C + C // 64 + 2), dtype)
+cdef void _run_with_scratch(
+    xent_rows_fn fn, const xent_args* k, Py_ssize_t N, Py_ssize_t C, Py_ssize_t itemsize
+):
+    """fn over the rows on the chosen threads, each with room for a row of exp(A_c - m)
+    and the kernels' block shifts (elements of ``itemsize`` bytes)."""
+    cdef int n_threads = _threads(N, C)
+    cdef unsigned char[:, ::1] scratch = np.empty((n_threads, (C + C // 64 + 2) * itemsize), np.uint8)
+    with nogil:
+        _run(fn, k, N, n_threads, <char*>&scratch[0, 0], scratch.strides[0])
 
 
 cdef inline int _dtype(floating* unused) noexcept nogil:
@@ -158,11 +164,7 @@ cdef void _run_cross_entropy(
     k.out = &loss[0]
     k.C = C
     k.nt_store = _stream(want_grad, N, C * <Py_ssize_t>sizeof(floating))
-    cdef int n_threads = _threads(N, C)
-    cdef floating[:, ::1] scratch = _scratch(n_threads, C, np.float32 if floating is float else np.float64)
-    with nogil:
-        _run(_kernels.cross_entropy[_dtype(<floating*>NULL)], k, N, n_threads,
-             <char*>&scratch[0, 0], scratch.strides[0])
+    _run_with_scratch(_kernels.cross_entropy[_dtype(<floating*>NULL)], k, N, C, sizeof(floating))
 
 
 def cross_entropy_index(
@@ -234,11 +236,7 @@ def softmax(const floating[:, :] A, floating[:, :] out, bint log_space):
     k.g_stride = out.strides[0]
     k.C = C
     k.log_space = log_space
-    cdef int n_threads = _threads(N, C)
-    cdef floating[:, ::1] scratch = _scratch(n_threads, C, np.float32 if floating is float else np.float64)
-    with nogil:
-        _run(_kernels.softmax[_dtype(<floating*>NULL)], &k, N, n_threads,
-             <char*>&scratch[0, 0], scratch.strides[0])
+    _run_with_scratch(_kernels.softmax[_dtype(<floating*>NULL)], &k, N, C, sizeof(floating))
 
 
 def logsumexp(const floating[:, :] A, floating[:] out):
