@@ -252,3 +252,24 @@ def test_in_register_transposes_of_few_classes_match_the_scalar_path(isa, C):
         contiguous = xc.loss_and_grad(np.ascontiguousarray(A), target, reduction="none", **kwargs)
         np.testing.assert_array_equal(strided[0], contiguous[0])
         np.testing.assert_array_equal(strided[1], contiguous[1])
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 31, 1001])
+def test_mean_denominator_and_index_range_check_on_each_instruction_set(isa, n):
+    # D (the count of samples not ignored) and the range check run in one vectorized
+    # pass over the indices; its tails and every position of a bad index must count.
+    gen = np.random.default_rng(n)
+    C = 5
+    A = gen.standard_normal((n, C))
+    y = gen.integers(0, C, n)
+    y[gen.random(n) < 0.3] = -100
+    kept = int(np.sum(y != -100))
+    per_sample = xc.cross_entropy(A, y, reduction="none")
+    expected = per_sample.sum() / kept if kept else np.nan
+    np.testing.assert_allclose(xc.cross_entropy(A, y), expected, rtol=1e-12)
+    for position in sorted({0, n // 2, n - 1}):
+        for bad in (C, -1, 2**62, -(2**62)):
+            y_bad = y.copy()
+            y_bad[position] = bad
+            with pytest.raises(ValueError, match=f"target.*{bad}"):
+                xc.cross_entropy(A, y_bad)

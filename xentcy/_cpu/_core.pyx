@@ -58,6 +58,7 @@ cdef extern from "xent_dispatch.h" nogil:
         xent_rows_fn logsumexp[2]
         void (*exp_f32)(const float*, float*, ptrdiff_t) noexcept nogil
         void (*exp_f64)(const double*, double*, ptrdiff_t) noexcept nogil
+        void (*count_kept)(const ptrdiff_t*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t*, ptrdiff_t*) noexcept nogil
     const xent_kernels* xent_tables
     int XENT_N_ISA
     int xent_isa_supported(int isa)
@@ -254,7 +255,7 @@ def logsumexp(const floating[:, :] A, floating[:] out):
 
 
 def class_index_summary(
-    const Py_ssize_t[:] y,
+    const Py_ssize_t[::1] y,
     const floating[:] weight,
     bint has_weight,
     Py_ssize_t ignore_index,
@@ -265,21 +266,31 @@ def class_index_summary(
     largest index >= C if there is one, else the smallest negative one.
     """
     cdef Py_ssize_t N = y.shape[0], i, v, high = -1, low = 0, count = 0
+    cdef ptrdiff_t kept = 0, n_bad = 1
     cdef double total = 0.0
+    if N == 0:
+        return 0.0, None
     with nogil:
-        for i in range(N):
-            v = y[i]
-            if v == ignore_index:
-                continue
-            if <size_t>v < <size_t>num_classes:
-                if has_weight:
-                    total += weight[v]
+        if not has_weight:
+            # an integer count (exact, no chain of float additions), vectorized
+            _kernels.count_kept(<const ptrdiff_t*>&y[0], N, ignore_index, num_classes, &kept, &n_bad)
+            count = kept
+        if has_weight or n_bad:
+            # the weights' sum, or which index is out of range (for the message)
+            count = 0
+            for i in range(N):
+                v = y[i]
+                if v == ignore_index:
+                    continue
+                if <size_t>v < <size_t>num_classes:
+                    if has_weight:
+                        total += weight[v]
+                    else:
+                        count += 1
+                elif v >= num_classes:
+                    high = v if v > high else high
                 else:
-                    count += 1  # an integer count: exact, and no chain of float additions
-            elif v >= num_classes:
-                high = v if v > high else high
-            else:
-                low = v if v < low else low
+                    low = v if v < low else low
     cdef double d = total if has_weight else <double>count
     if high >= num_classes:
         return d, high

@@ -50,6 +50,7 @@ typedef struct {
     xent_rows_fn logsumexp[2];
     void (*exp_f32)(const float*, float*, ptrdiff_t);
     void (*exp_f64)(const double*, double*, ptrdiff_t);
+    void (*count_kept)(const ptrdiff_t*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t*, ptrdiff_t*);
 } xent_kernels;
 
 #define XENT_CAT_(a, b, c) a##_##b##_##c
@@ -94,7 +95,8 @@ typedef struct {
      {cross_entropy_##isa##_f32, cross_entropy_##isa##_f64},                                \
      {softmax_##isa##_f32, softmax_##isa##_f64},                                            \
      {logsumexp_##isa##_f32, logsumexp_##isa##_f64},                                        \
-     exp_array_##isa##_f32, exp_array_##isa##_f64}
+     exp_array_##isa##_f32, exp_array_##isa##_f64,                                          \
+     count_kept_##isa##_idx}
 
 enum { XENT_BASELINE = 0, XENT_AVX2 = 1, XENT_AVX512_ISA = 2, XENT_N_ISA = 3 };
 

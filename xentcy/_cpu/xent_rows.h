@@ -523,9 +523,8 @@ XI void XN(tr_out)(const V* in, ptrdiff_t C, T* dst) {
 
 /* Few classes: the rows [r0, r0 + W) go one per lane, classes in a loop, so
  * that every vector operation is useful. at[c] holds class c of the W rows. */
-static XENT_TARGET void XN(cross_entropy_small)(const xent_args* k, ptrdiff_t begin, ptrdiff_t end) {
+XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdiff_t end, const ptrdiff_t C) {
     const T* w = (const T*)k->w;
-    ptrdiff_t C = k->C;
     T eps = (T)k->eps, onem = (T)(1.0 - k->eps), smooth = (T)(k->eps / k->C), scale = (T)k->scale;
     V at[XENT_SMALL_C], qt[XENT_SMALL_C], zero = XN(splat)(0);
     double* loss_out = (double*)k->out;
@@ -628,6 +627,13 @@ static XENT_TARGET void XN(cross_entropy_small)(const xent_args* k, ptrdiff_t be
             loss = XN(select)(keep, loss, zero);
             total = wy1 + smooth * (T)k->w_sum;
         }
+#if XENT_AVX512 && XENT_F32
+        if (nl == W) {
+            __m512 lv = (__m512)loss;
+            _mm512_storeu_pd(loss_out + r0, _mm512_cvtps_pd(_mm512_castps512_ps256(lv)));
+            _mm512_storeu_pd(loss_out + r0 + 8, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(lv), 1))));
+        } else
+#endif
         for (ptrdiff_t l = 0; l < nl; l++)
             loss_out[r0 + l] = (double)loss[l];
         if (!k->G)
@@ -663,6 +669,19 @@ static XENT_TARGET void XN(cross_entropy_small)(const xent_args* k, ptrdiff_t be
                 g[c] = at[c][l];
         }
     }
+}
+
+static XENT_TARGET void XN(cross_entropy_small)(const xent_args* k, ptrdiff_t begin, ptrdiff_t end) {
+#if XENT_AVX512 && XENT_F32
+    switch (k->C) {
+#define XENT_SMALL_CASE(n) case n: XN(cross_entropy_small_impl)(k, begin, end, n); return;
+    XENT_SMALL_CASE(2) XENT_SMALL_CASE(3) XENT_SMALL_CASE(4) XENT_SMALL_CASE(5) XENT_SMALL_CASE(6)
+    XENT_SMALL_CASE(7) XENT_SMALL_CASE(8) XENT_SMALL_CASE(9) XENT_SMALL_CASE(10) XENT_SMALL_CASE(11)
+    XENT_SMALL_CASE(12) XENT_SMALL_CASE(13) XENT_SMALL_CASE(14) XENT_SMALL_CASE(15) XENT_SMALL_CASE(16)
+#undef XENT_SMALL_CASE
+    }
+#endif
+    XN(cross_entropy_small_impl)(k, begin, end, k->C);
 }
 
 /* scratch: room for C + C / 64 + 2 values, for this thread alone. */
