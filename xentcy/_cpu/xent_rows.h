@@ -82,6 +82,12 @@ XI void XN(prefetch4)(const T* next, ptrdiff_t c) {
         __builtin_prefetch(next + c + j, 0, XENT_PF_HINT);
 }
 
+/* All the lines of the row at next (C values) on their way into L2. */
+XI void XN(prefetch_row)(const T* next, ptrdiff_t C) {
+    for (ptrdiff_t c = 0; c < C; c += 64 / (ptrdiff_t)sizeof(T))
+        __builtin_prefetch(next + c, 0, XENT_PF_HINT);
+}
+
 /* max_c A_c: a NaN logit is never chosen (it shows up in the sum). */
 static XENT_TARGET T XN(row_max)(const T* a, ptrdiff_t C) {
     V m0 = XN(splat)(-INFINITY), m1 = m0, m2 = m0, m3 = m0;
@@ -347,14 +353,24 @@ static XENT_TARGET double XN(index_row)(const xent_args* k, const T* a, ptrdiff_
     ptrdiff_t C = k->C;
     double eps = k->eps, smooth = eps / C, w_y = w ? w[y] : 1.0, log_s, loss = 0.0, s, total_mass, t;
     T m, a_y = a[y];  /* read before g, which may be a itself, is written */
-    XN(max_sum_exp)(a, C, g ? e : NULL, &m, &s, next);
+    int folded = 0;
+    if (eps != 0.0 && C * (ptrdiff_t)sizeof(T) <= XENT_ROW_L2_BYTES && isfinite(m = XN(row_max)(a, C))) {
+        /* the smoothing term's sum_c w_c (m - A_c) in the exp pass, as prob_row does: A read once there */
+        XN(mass_t) mass = {NULL, w, NULL, 0, 1, 0.0, 0.0};
+        s = XN(sum_exp_le0_mass)(a, C, m, g ? e : NULL, next, &mass);
+        t = mass.t;
+        folded = 1;
+    } else {
+        XN(max_sum_exp)(a, C, g ? e : NULL, &m, &s, next);
+    }
     log_s = log(s);
     if ((1.0 - eps) * w_y != 0.0)
         /* (1 - eps) w_y (-log p_y): skipped at zero mass, where A_y may be -inf */
         loss = (1.0 - eps) * w_y * (((double)m - a_y) + log_s);
     if (eps != 0.0) {
         /* (eps / C) sum_c w_c (-log p_c) = (eps / C) (sum_c w_c (m - A_c) + log s sum_c w_c) */
-        t = XN(mass_gap)(a, NULL, w, C, m, 0, 1, &total_mass);
+        if (!folded)
+            t = XN(mass_gap)(a, NULL, w, C, m, 0, 1, &total_mass);
         loss += smooth * (t + k->w_sum * log_s);
     }
     if (g) {
@@ -694,12 +710,25 @@ static XENT_TARGET void XN(cross_entropy)(const xent_args* k, ptrdiff_t begin, p
     for (ptrdiff_t i = begin; i < end; i++) {
         const T* a = ROW(k->A, k->a_stride, i);
         T* g = k->G ? OUT_ROW(k->G, k->g_stride, i) : NULL;
-        const T* next = i + XENT_PF_DIST < end ? ROW(k->A, k->a_stride, i + XENT_PF_DIST) : a;
+        /* the next row that is computed, prefetched during this one's exp pass (an ignored
+         * row in between is skipped: its row was read cold otherwise) */
+        ptrdiff_t j = i + XENT_PF_DIST;
+        const T* next = j < end ? ROW(k->A, k->a_stride, j) : a;
         if (k->Q) {
             loss[i] = XN(prob_row)(k, a, ROW(k->Q, k->q_stride, i), g, (T*)scratch, next,
                                    ROW(k->Q, k->q_stride, i + 1 < end ? i + 1 : i));
         } else if (k->y[i] == k->ignore_index) {
             loss[i] = 0.0;
+            if (k->C * (ptrdiff_t)sizeof(T) <= XENT_ROW_L2_BYTES) {
+                /* An ignored row is still read (its max, from L2, where the row before sent
+                 * it), and sends the next row on its way, as a computed row does. Skipping
+                 * it made the rows after it slower than the work saved: (8192, 1000) with
+                 * one row in 7 ignored took 2.7 ms forward against 2.0 ms with none ignored,
+                 * and 1.8 ms so (benchmarks/cpu-notes.md, v9). */
+                volatile T row_max = XN(row_max)(a, k->C);
+                (void)row_max;
+                XN(prefetch_row)(next, k->C);
+            }
             if (g)
                 memset(g, 0, k->C * sizeof(T));
         } else {
