@@ -655,7 +655,7 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
         if (!k->G)
             continue;
         /* dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c), as the row path forms it */
-        V inv_s = 1 / s, mass;
+        V k1 = 1 / s * total, mass;
         for (ptrdiff_t c = 0; c < C; c++) {
             if (k->Q) {
                 mass = qt[c];
@@ -663,7 +663,7 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
                 mass = XN(splat)((w ? w[c] : 1) * smooth);
                 mass = XN(select)(y == (IV){0} + (XN(int_t))c, wy1 + smooth * w_y, mass);
             }
-            at[c] = scale * (at[c] * inv_s * total - mass);
+            at[c] = scale * (at[c] * k1 - mass);
             if (!k->Q)
                 at[c] = XN(select)(keep, at[c], zero);
             if (scale == 0)
