@@ -537,6 +537,9 @@ XI void XN(tr_out)(const V* in, ptrdiff_t C, T* dst) {
 }
 #endif
 
+/* Unroll the loop over the classes that follows (all of it where C is a constant). */
+#define XENT_UNROLL _Pragma("GCC unroll 16")
+
 /* Few classes: the rows [r0, r0 + W) go one per lane, classes in a loop, so
  * that every vector operation is useful. at[c] holds class c of the W rows. */
 XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdiff_t end, const ptrdiff_t C) {
@@ -579,6 +582,7 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
                 y = (IV)_mm512_mask_mov_epi32(_mm512_set1_epi32(-1), kept, y32);
                 keep = (IV)_mm512_movm_epi32(kept);
                 w_y = w ? zero : (V)_mm512_maskz_mov_ps(kept, _mm512_set1_ps(1.0f));
+                XENT_UNROLL
                 for (ptrdiff_t c = 0; c < C; c++) {
                     IV is_c = y == (IV){0} + (int32_t)c;
                     a_y = XN(select)(is_c, at[c], a_y);
@@ -589,44 +593,63 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
             block_in = 2;
         }
 #endif
-        /* transpose the block in; lanes past the last row repeat row r0 and are never stored */
-        for (ptrdiff_t l = 0; l < W && block_in != 2; l++) {
-            ptrdiff_t i = r0 + (l < nl ? l : 0);
-            const T* a = ROW(k->A, k->a_stride, i);
-            if (!block_in) {
+        if (!block_in) {
+            /* transpose the block in, one value at a time into lane buffers, then assigned
+             * to the vectors whole (indexing their lanes would keep them in memory on every
+             * path); lanes past the last row repeat row r0 and are never stored */
+            V ab[XENT_SMALL_C], qb[XENT_SMALL_C], ayb = zero, wyb = zero;
+            IV yb = y, kb = keep;
+            for (ptrdiff_t l = 0; l < W; l++) {
+                ptrdiff_t i = r0 + (l < nl ? l : 0);
+                const T* a = ROW(k->A, k->a_stride, i);
                 for (ptrdiff_t c = 0; c < C; c++)
-                    at[c][l] = a[c];
-            }
-            if (k->Q) {
-                if (!block_in) {
+                    ab[c][l] = a[c];
+                if (k->Q) {
                     const T* q = ROW(k->Q, k->q_stride, i);
                     for (ptrdiff_t c = 0; c < C; c++)
-                        qt[c][l] = q[c];
+                        qb[c][l] = q[c];
+                } else if (k->y[i] != k->ignore_index) {
+                    yb[l] = k->y[i];
+                    kb[l] = -1;
+                    ayb[l] = a[k->y[i]];
+                    wyb[l] = w ? w[k->y[i]] : 1;
                 }
-            } else if (k->y[i] != k->ignore_index) {
-                y[l] = k->y[i];
-                keep[l] = -1;
-                a_y[l] = a[k->y[i]];
-                w_y[l] = w ? w[k->y[i]] : 1;
             }
+            XENT_UNROLL
+            for (ptrdiff_t c = 0; c < C; c++) {
+                at[c] = ab[c];
+                qt[c] = k->Q ? qb[c] : zero;
+            }
+            y = yb;
+            keep = kb;
+            a_y = ayb;
+            w_y = wyb;
         }
         /* m = max_c A_c, a non-finite max shifting by 0 */
+        XENT_UNROLL
         for (ptrdiff_t c = 0; c < C; c++)
             m = XN(max)(at[c], m);
         m = XN(select)(XN(isfinite)(m), m, zero);
-        for (ptrdiff_t c = 0; c < C; c++) {
-            V wq;
-            if (k->Q) {
-                /* w_c q_c, and t = sum_c w_c q_c (m - A_c) over the classes of nonzero mass */
-                wq = (qt[c] * onem + smooth) * (w ? w[c] : 1);
+        /* (each loop over the classes tests nothing inside, so that for a constant C it
+         * unrolls and the class vectors stay in registers) */
+        if (k->Q) {
+            /* w_c q_c, and t = sum_c w_c q_c (m - A_c) over the classes of nonzero mass */
+            XENT_UNROLL
+            for (ptrdiff_t c = 0; c < C; c++) {
+                V wq = (qt[c] * onem + smooth) * (w ? w[c] : 1);
                 qt[c] = wq;
                 total += wq;
                 t += XN(select)(wq != 0, wq * (m - at[c]), zero);
-            } else if (eps != 0 && (w ? w[c] : 1) != 0) {
-                /* t = sum_c w_c (m - A_c), for the smoothing term */
-                t += (m - at[c]) * (w ? w[c] : 1);
             }
-            /* at[c] becomes exp(A_c - m); s = sum_c exp(A_c - m) */
+        } else if (eps != 0) {
+            /* t = sum_c w_c (m - A_c), for the smoothing term */
+            for (ptrdiff_t c = 0; c < C; c++)
+                if ((w ? w[c] : 1) != 0)
+                    t += (m - at[c]) * (w ? w[c] : 1);
+        }
+        /* at[c] becomes exp(A_c - m); s = sum_c exp(A_c - m) */
+        XENT_UNROLL
+        for (ptrdiff_t c = 0; c < C; c++) {
             at[c] = XN(exp)(at[c] - m);
             s += at[c];
         }
@@ -656,18 +679,20 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
             continue;
         /* dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c), as the row path forms it */
         V k1 = 1 / s * total, mass;
-        for (ptrdiff_t c = 0; c < C; c++) {
-            if (k->Q) {
-                mass = qt[c];
-            } else {
-                mass = XN(splat)((w ? w[c] : 1) * smooth);
-                mass = XN(select)(y == (IV){0} + (XN(int_t))c, wy1 + smooth * w_y, mass);
-            }
-            at[c] = scale * (at[c] * k1 - mass);
-            if (!k->Q)
-                at[c] = XN(select)(keep, at[c], zero);
-            if (scale == 0)
+        if (scale == 0) {
+            for (ptrdiff_t c = 0; c < C; c++)
                 at[c] = zero;
+        } else if (k->Q) {
+            XENT_UNROLL
+            for (ptrdiff_t c = 0; c < C; c++)
+                at[c] = scale * (at[c] * k1 - qt[c]);
+        } else {
+            V mass_y = wy1 + smooth * w_y;
+            XENT_UNROLL
+            for (ptrdiff_t c = 0; c < C; c++) {
+                mass = XN(select)(y == (IV){0} + (XN(int_t))c, mass_y, XN(splat)((w ? w[c] : 1) * smooth));
+                at[c] = XN(select)(keep, scale * (at[c] * k1 - mass), zero);
+            }
         }
         /* transpose the gradient out */
 #if XENT_AVX512 && XENT_F32
@@ -679,10 +704,14 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
             continue;
         }
 #endif
+        V gb[XENT_SMALL_C];
+        XENT_UNROLL
+        for (ptrdiff_t c = 0; c < C; c++)
+            gb[c] = at[c];
         for (ptrdiff_t l = 0; l < nl; l++) {
             T* g = OUT_ROW(k->G, k->g_stride, r0 + l);
             for (ptrdiff_t c = 0; c < C; c++)
-                g[c] = at[c][l];
+                g[c] = gb[c][l];
         }
     }
 }
@@ -787,6 +816,7 @@ static XENT_TARGET void XN(exp_array)(const T* x, T* out, ptrdiff_t n) {
 #undef XENT_NATIVE
 #undef XENT_TR_C
 #undef XENT_TR16_C
+#undef XENT_UNROLL
 #undef BLK
 #undef XENT_EXP
 #undef XENT_ROW_L2_BYTES
