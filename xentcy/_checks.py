@@ -330,9 +330,14 @@ def reduce_losses(call: CrossEntropyCall, losses: Any, denom: Any) -> Any:
     xp, dtype = call.xp, call.logits.dtype
     if call.reduction == "none":
         return xp.astype(losses, dtype)
-    total = xp.asarray(xp.sum(losses))
+    total = xp.sum(losses)
     if call.reduction == "mean":
-        d = xp.asarray(denom, dtype=total.dtype, device=device(total))
-        total = total / xp.where(d != 0, d, math.nan)  # D = 0: NaN, without a division by zero
+        if isinstance(denom, float):
+            # D on the host: a division by a float (D = 0: NaN, without a division by zero)
+            total = total / denom if denom != 0 else total * math.nan
+        else:
+            total = xp.asarray(total)
+            d = xp.asarray(denom, dtype=total.dtype, device=device(total))
+            total = total / xp.where(d != 0, d, math.nan)
     # NumPy's operations on 0-d arrays give scalars; the contract, a 0-d array
-    return xp.asarray(xp.astype(total, dtype))
+    return xp.astype(xp.asarray(total), dtype)
