@@ -12,7 +12,10 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-#if defined(__x86_64__) || defined(__i386__)
+/* XENT_PLAIN: build only the plain path (vector extensions, no intrinsics), as on aarch64,
+ * where GCC turns the 16-byte vectors into NEON; tests/test_cpu_plain_path.py builds it so
+ * on x86 too and runs it. */
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(XENT_PLAIN)
 #include <immintrin.h>
 #define XENT_X86 1
 #else
