@@ -60,13 +60,14 @@ def test_plain_path_exp_is_within_its_ulp_bound(driver, tmp_path, dtype, lo, hi,
         gen.uniform(-0.35, 0.35, 100_000),
         np.log(2) * (np.arange(-140, 128) + 0.5),  # the reduction's edges
     ]).astype(dtype)
+    tag = "f32" if dtype == np.float32 else "f64"
     (tmp_path / "x").write_bytes(x.tobytes())
-    run(driver, "exp", "f32" if dtype == np.float32 else "f64", tmp_path / "x", tmp_path / "e", x.size)
+    run(driver, "exp", tag, tmp_path / "x", tmp_path / "e", x.size)
     got = np.frombuffer((tmp_path / "e").read_bytes(), dtype)
     assert ulp_error(x, got, dtype) <= bound
     special = np.array([-np.inf, np.inf, np.nan, 0.0, -1e30, 1e30], dtype)
     (tmp_path / "x").write_bytes(special.tobytes())
-    run(driver, "exp", "f32" if dtype == np.float32 else "f64", tmp_path / "x", tmp_path / "e", special.size)
+    run(driver, "exp", tag, tmp_path / "x", tmp_path / "e", special.size)
     got = np.frombuffer((tmp_path / "e").read_bytes(), dtype)
     np.testing.assert_array_equal(got, np.array([0, np.inf, np.nan, 1, 0, np.inf], dtype))
 

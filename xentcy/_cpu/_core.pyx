@@ -266,7 +266,7 @@ def class_index_summary(
     largest index >= C if there is one, else the smallest negative one.
     """
     cdef Py_ssize_t N = y.shape[0], i, v, high = -1, low = 0, count = 0
-    cdef ptrdiff_t kept = 0, n_bad = 1
+    cdef ptrdiff_t kept = 0, n_bad = 0
     cdef double total = 0.0
     if N == 0:
         return 0.0, None

@@ -320,6 +320,22 @@ static XENT_TARGET double XN(mass_gap)(
     return t;
 }
 
+/* m = max_c A_c, s = sum_c exp(A_c - m) (as max_sum_exp) and the target mass of the row
+ * (mass->t, mass->total, as mass_gap): in the exp pass, where A and Q are each read once,
+ * for rows on the L2 path with a finite max; in a pass of its own otherwise. */
+static XENT_TARGET void XN(max_sum_exp_mass)(
+    const T* a, ptrdiff_t C, T* e, const T* next, XN(mass_t)* mass, T* m_out, double* s_out
+) {
+    T m;
+    if (C * (ptrdiff_t)sizeof(T) <= XENT_ROW_L2_BYTES && isfinite(m = XN(row_max)(a, C))) {
+        *s_out = XN(sum_exp_le0_mass)(a, C, m, e, next, mass);
+    } else {
+        XN(max_sum_exp)(a, C, e, &m, s_out, next);
+        mass->t = XN(mass_gap)(a, mass->q, mass->w, C, m, mass->onem, mass->smooth, &mass->total);
+    }
+    *m_out = m;
+}
+
 /* g_c = k1 e_c - scale w_c q_c with e_c = exp(A_c - m) and k1 = scale sum_k w_k q_k / s:
  * the gradient. Where nt, g is written around the caches (it is not read again
  * soon, and the store skips reading g's lines from memory first). */
@@ -353,13 +369,11 @@ static XENT_TARGET double XN(index_row)(const xent_args* k, const T* a, ptrdiff_
     ptrdiff_t C = k->C;
     double eps = k->eps, smooth = eps / C, w_y = w ? w[y] : 1.0, log_s, loss = 0.0, s, total_mass, t;
     T m, a_y = a[y];  /* read before g, which may be a itself, is written */
-    int folded = 0;
-    if (eps != 0.0 && C * (ptrdiff_t)sizeof(T) <= XENT_ROW_L2_BYTES && isfinite(m = XN(row_max)(a, C))) {
-        /* the smoothing term's sum_c w_c (m - A_c) in the exp pass, as prob_row does: A read once there */
+    if (eps != 0.0) {
+        /* the smoothing term's sum_c w_c (m - A_c), as the mass of q_c = 1 */
         XN(mass_t) mass = {NULL, w, NULL, 0, 1, 0.0, 0.0};
-        s = XN(sum_exp_le0_mass)(a, C, m, g ? e : NULL, next, &mass);
+        XN(max_sum_exp_mass)(a, C, g ? e : NULL, next, &mass, &m, &s);
         t = mass.t;
-        folded = 1;
     } else {
         XN(max_sum_exp)(a, C, g ? e : NULL, &m, &s, next);
     }
@@ -369,8 +383,6 @@ static XENT_TARGET double XN(index_row)(const xent_args* k, const T* a, ptrdiff_
         loss = (1.0 - eps) * w_y * (((double)m - a_y) + log_s);
     if (eps != 0.0) {
         /* (eps / C) sum_c w_c (-log p_c) = (eps / C) (sum_c w_c (m - A_c) + log s sum_c w_c) */
-        if (!folded)
-            t = XN(mass_gap)(a, NULL, w, C, m, 0, 1, &total_mass);
         loss += smooth * (t + k->w_sum * log_s);
     }
     if (g) {
@@ -395,18 +407,12 @@ static XENT_TARGET double XN(prob_row)(
     ptrdiff_t C = k->C;
     double eps = k->eps, s, total_mass, t;
     T m;
-    if (C * (ptrdiff_t)sizeof(T) <= XENT_ROW_L2_BYTES && isfinite(m = XN(row_max)(a, C))) {
-        /* the target mass in the exp pass: A and Q each read once there */
-        /* (the next row of Q prefetched only where rows are long: at C = 1000 it cost 30 %) */
-        XN(mass_t) mass = {q, (const T*)k->w, C * (ptrdiff_t)sizeof(T) >= 16384 ? next_q : NULL,
-                           (T)(1.0 - eps), (T)(eps / C), 0.0, 0.0};
-        s = XN(sum_exp_le0_mass)(a, C, m, g ? e : NULL, next, &mass);
-        t = mass.t;
-        total_mass = mass.total;
-    } else {
-        XN(max_sum_exp)(a, C, g ? e : NULL, &m, &s, next);
-        t = XN(mass_gap)(a, q, (const T*)k->w, C, m, (T)(1.0 - eps), (T)(eps / C), &total_mass);
-    }
+    /* (the next row of Q prefetched only where rows are long: at C = 1000 it cost 30 %) */
+    XN(mass_t) mass = {q, (const T*)k->w, C * (ptrdiff_t)sizeof(T) >= 16384 ? next_q : NULL,
+                       (T)(1.0 - eps), (T)(eps / C), 0.0, 0.0};
+    XN(max_sum_exp_mass)(a, C, g ? e : NULL, next, &mass, &m, &s);
+    t = mass.t;
+    total_mass = mass.total;
     if (g) {
         if (k->scale == 0.0)
             memset(g, 0, C * sizeof(T));
@@ -666,13 +672,6 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
             loss = XN(select)(keep, loss, zero);
             total = wy1 + smooth * (T)k->w_sum;
         }
-#if XENT_AVX512 && XENT_F32
-        if (nl == W) {
-            __m512 lv = (__m512)loss;
-            _mm512_storeu_pd(loss_out + r0, _mm512_cvtps_pd(_mm512_castps512_ps256(lv)));
-            _mm512_storeu_pd(loss_out + r0 + 8, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(lv), 1))));
-        } else
-#endif
         for (ptrdiff_t l = 0; l < nl; l++)
             loss_out[r0 + l] = (double)loss[l];
         if (!k->G)
@@ -739,10 +738,7 @@ static XENT_TARGET void XN(cross_entropy)(const xent_args* k, ptrdiff_t begin, p
     for (ptrdiff_t i = begin; i < end; i++) {
         const T* a = ROW(k->A, k->a_stride, i);
         T* g = k->G ? OUT_ROW(k->G, k->g_stride, i) : NULL;
-        /* the next row that is computed, prefetched during this one's exp pass (an ignored
-         * row in between is skipped: its row was read cold otherwise) */
-        ptrdiff_t j = i + XENT_PF_DIST;
-        const T* next = j < end ? ROW(k->A, k->a_stride, j) : a;
+        const T* next = i + XENT_PF_DIST < end ? ROW(k->A, k->a_stride, i + XENT_PF_DIST) : a;
         if (k->Q) {
             loss[i] = XN(prob_row)(k, a, ROW(k->Q, k->q_stride, i), g, (T*)scratch, next,
                                    ROW(k->Q, k->q_stride, i + 1 < end ? i + 1 : i));
@@ -753,7 +749,7 @@ static XENT_TARGET void XN(cross_entropy)(const xent_args* k, ptrdiff_t begin, p
                  * it), and sends the next row on its way, as a computed row does. Skipping
                  * it made the rows after it slower than the work saved: (8192, 1000) with
                  * one row in 7 ignored took 2.7 ms forward against 2.0 ms with none ignored,
-                 * and 1.8 ms so (benchmarks/cpu-notes.md, v9). */
+                 * and 1.8 ms so (benchmarks/cpu-notes.md, v11). */
                 volatile T row_max = XN(row_max)(a, k->C);
                 (void)row_max;
                 XN(prefetch_row)(next, k->C);
