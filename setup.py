@@ -12,11 +12,16 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 
+# Flags added to every compile and link, last (so an -O level here wins): the sanitizer
+# build of scripts/sanitize.sh sets them. Empty for a normal build.
+EXTRA_FLAGS = os.environ.get("XENTCY_EXTRA_FLAGS", "").split()
+
+
 def _openmp_flags(compiler) -> tuple[list[str], list[str]]:
     """(compile, link) flags for OpenMP, or two empty lists where it does not build."""
     if compiler.compiler_type == "msvc":
         return ["/openmp"], []
-    flags = ["-fopenmp"]
+    flags = ["-fopenmp"] + EXTRA_FLAGS
     with tempfile.TemporaryDirectory() as tmp:
         source = os.path.join(tmp, "omp_check.c")
         with open(source, "w") as f:
@@ -26,7 +31,7 @@ def _openmp_flags(compiler) -> tuple[list[str], list[str]]:
             compiler.link_executable(objects, "omp_check", output_dir=tmp, extra_postargs=flags)
         except Exception:  # noqa: BLE001 - any compiler or linker failure means no OpenMP
             return [], []
-    return flags, flags
+    return ["-fopenmp"], ["-fopenmp"]
 
 
 class BuildExt(build_ext):
@@ -39,8 +44,8 @@ class BuildExt(build_ext):
             )
         optimise = ["/O2"] if self.compiler.compiler_type == "msvc" else ["-O3"]
         for ext in self.extensions:
-            ext.extra_compile_args = optimise + compile_flags + ext.extra_compile_args
-            ext.extra_link_args = link_flags + ext.extra_link_args
+            ext.extra_compile_args = optimise + compile_flags + ext.extra_compile_args + EXTRA_FLAGS
+            ext.extra_link_args = link_flags + ext.extra_link_args + EXTRA_FLAGS
         super().build_extensions()
 
 

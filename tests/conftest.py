@@ -17,6 +17,29 @@ if _TESTS_DIR not in sys.path:
 
 from backends import BACKEND_NAMES, load  # noqa: E402
 
+# The sanitizer run (scripts/sanitize.sh): no foreign array library, whose code is not built
+# with the sanitizers (their tests skip, as where they are not installed), and the xentcy
+# core under test is the sanitized build, not another one found first.
+if os.environ.get("XENTCY_SANITIZE"):
+    import importlib.abc
+
+    class _NotInThisRun(importlib.abc.MetaPathFinder):
+        NAMES = ("torch", "jax", "jaxlib", "dask", "distributed", "cupy")
+
+        def find_spec(self, name, path, target=None):
+            if name.partition(".")[0] in self.NAMES:
+                raise ModuleNotFoundError(f"{name} is not imported in the sanitizer run")
+            return None
+
+    sys.meta_path.insert(0, _NotInThisRun())
+
+    def pytest_sessionstart(session):
+        from xentcy._cpu import _core
+
+        expected = os.environ["XENTCY_EXPECT_CORE"]
+        if os.path.realpath(_core.__file__) != os.path.realpath(expected):
+            raise pytest.UsageError(f"the sanitizer run loaded {_core.__file__}, not {expected}")
+
 
 @pytest.fixture(params=BACKEND_NAMES, ids=BACKEND_NAMES)
 def xp(request):
@@ -24,3 +47,59 @@ def xp(request):
         return load(request.param)
     except ImportError as exc:
         pytest.skip(f"backend {request.param} unavailable: {exc}")
+
+
+# --- crash isolation ----------------------------------------------------------
+# A test marked ``isolated`` runs in a subprocess of its own (``python -m pytest
+# <its node id>``), so that a crash (a segfault in a compiled kernel, an abort)
+# fails that test with its exit status instead of ending the whole run.
+
+_CHILD = "XENTCY_ISOLATED_CHILD"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "isolated: run in a subprocess, so that a crash fails the test instead of the run"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    if pyfuncitem.get_closest_marker("isolated") is None or os.environ.get(_CHILD):
+        return None
+    import signal
+    import subprocess
+
+    env = dict(os.environ, **{_CHILD: "1"})
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-header", pyfuncitem.nodeid],
+        cwd=str(pyfuncitem.config.rootpath),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        status = result.returncode
+        how = f"was killed by {signal.Signals(-status).name}" if status < 0 else f"exited with status {status}"
+        pytest.fail(
+            f"the isolated test {how}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}", pytrace=False
+        )
+    if " skipped" in result.stdout and " passed" not in result.stdout:
+        pytest.skip(f"skipped in its subprocess: {result.stdout.strip().splitlines()[-1]}")
+    return True
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """The counts of tests/test_fuzz.py, where it ran."""
+    counts = getattr(config, "xentcy_fuzz_counts", None)
+    if not counts or not counts[2]:
+        return
+    examples, isas, stats = counts
+    terminalreporter.section("differential fuzzing")
+    terminalreporter.write_line(f"{examples} examples per function; kernels: {', '.join(isas)}")
+    for name, c in sorted(stats.items()):
+        terminalreporter.write_line(
+            f"  {name:18} {c['cases']:6} cases: {c['raised']:5} raised a clear error, "
+            f"{c['matched']:5} matched the float64 reference ({c['torch']:4} torch too), "
+            f"{c['mismatches']} mismatches"
+        )

@@ -17,19 +17,28 @@ where D is the mean's denominator (1 for "sum" and "none").
 import numpy as np
 
 
-def logsumexp(x, axis=-1, keepdims=False):
-    x = np.asarray(x, dtype=np.float64)
+def _shift_and_log_sum(x, axis):
+    """(m, log s), both keepdims: m = max (0 where not finite), s = sum exp(x - m)."""
     m = np.max(x, axis=axis, keepdims=True)
     # An all -inf (or +inf) row has no finite shift; 0 keeps exp() exact there.
     m = np.where(np.isfinite(m), m, 0.0)
     with np.errstate(divide="ignore"):
-        out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+        return m, np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True))
+
+
+def logsumexp(x, axis=-1, keepdims=False):
+    x = np.asarray(x, dtype=np.float64)
+    m, log_s = _shift_and_log_sum(x, axis)
+    out = m + log_s
     return out if keepdims else np.squeeze(out, axis=axis)
 
 
 def log_softmax(x, axis=-1):
+    # (x - m) - log s, not x - (m + log s): the second loses log s where |m| is large
+    # (two logits of 1e30 have log p = -log 2, and 1e30 + log 2 rounds to 1e30)
     x = np.asarray(x, dtype=np.float64)
-    return x - logsumexp(x, axis=axis, keepdims=True)
+    m, log_s = _shift_and_log_sum(x, axis)
+    return (x - m) - log_s
 
 
 def softmax(x, axis=-1):
@@ -84,14 +93,20 @@ def cross_entropy_and_grad(logits, target, axis=-1, weight=None, ignore_index=-1
     e = np.exp(A - m)
     s = np.sum(e, axis=-1, keepdims=True)
     p = e / s
-    wq = w * q
+    with np.errstate(invalid="ignore"):
+        wq = w * q
+    if y is not None:
+        # class indices: a class of zero target mass adds nothing, whatever its weight
+        # (NaN or inf included), as in torch, whose loss reads w at the target only
+        wq = np.where(q != 0.0, wq, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         # (m - A_c) + log s: the loss term without cancellation.
         neg_log_p = (m - A) + np.log(s)
         terms = np.where(wq != 0.0, wq * neg_log_p, 0.0)
     per_sample = np.sum(terms, axis=-1)
-    # A NaN logit poisons its sample even where its target mass is 0.
-    per_sample = np.where(np.isnan(A).any(axis=-1), np.nan, per_sample)
+    # A NaN logit poisons its sample even where its target mass is 0, unless the sample
+    # is ignored (ignored samples have loss 0, as in torch).
+    per_sample = np.where(np.isnan(A).any(axis=-1) & valid, np.nan, per_sample)
 
     if reduction != "mean":
         D = 1.0
@@ -108,7 +123,15 @@ def cross_entropy_and_grad(logits, target, axis=-1, weight=None, ignore_index=-1
 
     with np.errstate(invalid="ignore"):
         g = p * np.sum(wq, axis=-1, keepdims=True) - wq
-    g = np.zeros_like(g) if D == 0 else g / D
+    if D == 0:
+        g = np.zeros_like(g)
+    elif np.isinf(D):
+        # an infinite D (an infinite weight on a target class): the mean is NaN and so is
+        # its gradient (api.md, Semantics)
+        g = np.full_like(g, np.nan)
+    else:
+        g = g / D
+    g[~valid] = 0.0  # ignored samples have gradient 0, whatever D is (api.md, Semantics)
     grad = np.moveaxis(g.reshape(batch_shape + (C,)), -1, axis)
     return loss, grad
 

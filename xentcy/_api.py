@@ -95,7 +95,7 @@ def logsumexp(x: Any, /, *, axis: int = -1, keepdims: bool = False) -> Any:
     array([1000.69314718,    0.        ])
     """
     xp, backend, ax = _prepare_rows(x, axis)
-    return backend.logsumexp(xp, x, ax, bool(keepdims))
+    return backend.logsumexp(xp, x, ax, _checks.check_flag(keepdims, "keepdims"))
 
 
 def _prepare_cross_entropy(

@@ -13,9 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from array_api_compat import array_namespace, device, is_array_api_obj, is_numpy_array
 
 REDUCTIONS = ("mean", "sum", "none")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,40 @@ def check_logits(xp: Any, x: Any, name: str, dtypes: tuple[Any, ...] | None) -> 
         )
     if x.ndim < 1:
         raise ValueError(f"{name} must have at least 1 dimension, got a 0-d array")
+    check_known_shape(x, name)
+
+
+def check_known_shape(x: Any, name: str) -> None:
+    """Every dimension of ``x`` is known (a Dask array after boolean indexing has NaN sizes)."""
+    if any(n is None or (isinstance(n, float) and math.isnan(n)) for n in x.shape):
+        raise ValueError(
+            f"{name} must have known dimensions, got shape {tuple(x.shape)} "
+            f"(for a Dask array, call {name}.compute_chunk_sizes() first)"
+        )
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """``value`` as a bool: True, False or a NumPy bool; anything else is a TypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+    return bool(value)
+
+
+def check_array_subclass(x: Any, name: str) -> None:
+    """NumPy array subclasses whose meaning xentcy would silently drop are a TypeError."""
+    if isinstance(x, np.ma.MaskedArray):
+        fill = {"target": "ignore_index (class indices) or 0 (probabilities)", "weight": "0"}.get(
+            name, "-np.inf (masked classes get probability 0)"
+        )
+        raise TypeError(
+            f"{name} is a masked array, and xentcy would ignore its mask: pass {name}.filled(value) "
+            f"with value {fill}, or {name}.data to use the values under the mask"
+        )
+    if isinstance(x, np.matrix):
+        raise TypeError(
+            f"{name} is a numpy.matrix, which xentcy does not support (it is always 2-D and its "
+            f"operators differ from arrays'): pass np.asarray({name})"
+        )
 
 
 def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
@@ -92,6 +128,11 @@ def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
 def _check_options(ignore_index: Any, label_smoothing: Any, reduction: Any) -> tuple[int, float]:
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    if not INT64_MIN <= int(ignore_index) <= INT64_MAX:
+        # class indices are int64 in every backend: a wider value could never match one
+        raise ValueError(
+            f"ignore_index must be a 64-bit signed integer in [-2**63, 2**63 - 1], got {int(ignore_index)}"
+        )
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
         raise TypeError(
             f"label_smoothing must be a real number in [0, 1], got {type(label_smoothing).__name__}"
@@ -108,6 +149,7 @@ def _check_weight(xp: Any, weight: Any, logits: Any, num_classes: int) -> Any:
     """``weight`` converted to the logits' namespace, device and dtype."""
     if weight is None:
         return None
+    check_array_subclass(weight, "weight")
     if is_array_api_obj(weight) and not is_numpy_array(weight) and array_namespace(weight) != xp:
         raise TypeError(
             "weight must be a list, a NumPy array or an array of the logits' library "
@@ -128,20 +170,31 @@ def _check_weight(xp: Any, weight: Any, logits: Any, num_classes: int) -> Any:
     return xp.astype(w, logits.dtype, copy=False)
 
 
-def _check_class_index_dtype(xp: Any, y: Any) -> Any:
-    """Class indices as int64; their values are checked by :func:`denominator`."""
+def _check_class_index_dtype(xp: Any, y: Any, num_classes: int, ignore_index: int) -> Any:
+    """Class indices as int64; their values are checked by :func:`denominator`.
+
+    Unsigned 64-bit values of 2**63 and more would wrap to negative int64 values
+    (one of which may be ignore_index): they are out of range for any C, and raise
+    here with the value as written (one read-back, for uint64 targets only).
+    """
     if not xp.isdtype(y.dtype, "integral"):
         raise TypeError(
             "target with one dimension fewer than logits must hold integer class indices, "
             f"got dtype {_describe_dtype(y.dtype)}"
         )
-    return xp.astype(y, xp.int64, copy=False)
+    y64 = xp.astype(y, xp.int64, copy=False)
+    if xp.iinfo(y.dtype).max > INT64_MAX:
+        # an unsigned value v >= 2**63 became v - 2**64 < 0 (torch's uint64 has no comparisons)
+        wrapped = y64 < 0
+        if bool(xp.any(wrapped)):
+            largest = int(xp.max(xp.where(wrapped, y64, xp.full_like(y64, INT64_MIN))))
+            raise _class_index_error(num_classes, ignore_index, largest + 2**64)
+    return y64
 
 
-def _class_index_error(call: CrossEntropyCall, value: int) -> ValueError:
+def _class_index_error(num_classes: int, ignore_index: int, value: int) -> ValueError:
     return ValueError(
-        f"target holds the class index {value}, outside [0, {call.num_classes}) "
-        f"and not ignore_index={call.ignore_index}"
+        f"target holds the class index {value}, outside [0, {num_classes}) and not ignore_index={ignore_index}"
     )
 
 
@@ -157,7 +210,7 @@ def check_class_index_values(call: CrossEntropyCall) -> None:
         value = int(xp.max(xp.where(too_big, y, xp.zeros_like(y))))
     else:
         value = int(xp.min(xp.where(bad, y, xp.zeros_like(y))))
-    raise _class_index_error(call, value)
+    raise _class_index_error(call.num_classes, call.ignore_index, value)
 
 
 def _check_probabilities(xp: Any, q: Any, logits: Any, dtypes: tuple[Any, ...] | None) -> Any:
@@ -196,16 +249,19 @@ def check_cross_entropy(
         raise ValueError(f"logits must have at least one class along axis {ax}, got C = 0")
     batch_shape = tuple(int(n) for i, n in enumerate(logits.shape) if i != ax)
     if isinstance(target, numbers.Integral) and not isinstance(target, bool):
-        target = xp.asarray(int(target), device=device(logits))
+        if not INT64_MIN <= int(target) <= INT64_MAX:
+            raise _class_index_error(num_classes, ignore_index, int(target))
+        target = xp.asarray(int(target), dtype=xp.int64, device=device(logits))
     if not hasattr(target, "ndim"):
         raise TypeError(f"target must be an array, got {type(target).__name__}")
+    check_known_shape(target, "target")
     if target.ndim == logits.ndim - 1:
         if tuple(target.shape) != batch_shape:
             raise ValueError(
                 "target of class indices must have the logits' shape without the class axis "
                 f"{batch_shape}, got {tuple(target.shape)}"
             )
-        target = _check_class_index_dtype(xp, target)
+        target = _check_class_index_dtype(xp, target, num_classes, ignore_index)
         class_indices = True
     elif target.ndim == logits.ndim:
         target = _check_probabilities(xp, target, logits, dtypes)
@@ -240,18 +296,19 @@ def check_grad_output(
     are the caller's other arrays by argument name, which ``out`` must not overlap.
     """
     writable, logits = backend.writable, call.logits
-    if not isinstance(inplace, bool):
-        raise TypeError(f"inplace must be True or False, got {type(inplace).__name__}")
-    if inplace:
+    if check_flag(inplace, "inplace"):
         if out is not None:
             raise ValueError("give either out= or inplace=True, not both")
         if not writable(logits):
             raise ValueError(
                 f"inplace=True needs writable logits, got a read-only {library_name(logits)} array"
             )
+        others = {name: x for name, x in inputs.items() if name != "logits"}
+        _check_no_overlap(backend, logits, others, "inplace=True writes over logits, which")
         return
     if out is None:
         return
+    check_array_subclass(out, "out")
     if type(out) is not type(logits):
         raise TypeError(
             f"out must be an array of the logits' library ({library_name(logits)}), "
@@ -268,9 +325,14 @@ def check_grad_output(
         raise ValueError(f"out must be writable, got a read-only {library_name(out)} array")
     if out is logits:
         return
+    _check_no_overlap(backend, out, inputs, "out")
+
+
+def _check_no_overlap(backend: Any, written: Any, inputs: dict[str, Any], what: str) -> None:
+    """The array the gradient is written into shares no memory with the other inputs."""
     for name, x in inputs.items():
-        if x is not None and type(x) is type(out) and backend.overlaps(out, x):
-            raise ValueError(f"out must not share memory with {name}")
+        if type(x) is type(written) and (x is written or backend.overlaps(written, x)):
+            raise ValueError(f"{what} must not share memory with {name}")
 
 
 def denominator(
@@ -292,7 +354,7 @@ def denominator(
     if summary is not None:
         total, bad = summary(call)
         if bad is not None:
-            raise _class_index_error(call, bad)
+            raise _class_index_error(call.num_classes, call.ignore_index, bad)
         return total
     check_class_index_values(call)
     y = call.target
@@ -309,25 +371,41 @@ def gradient_scale(call: CrossEntropyCall, denom: Any) -> Any:
     """The factor in front of each sample's gradient: 1/D for the mean, else 1.
 
     D = 0 gives 0: every sample then has zero weight or is ignored, and the
-    gradient is all zeros (a finite choice, where torch gives NaN). A float D
-    gives a float; a 0-d array D (on a device, or lazy) a 0-d array, computed
-    where it lies.
+    gradient is all zeros (a finite choice, where torch gives NaN). An infinite
+    D (an infinite weight on a target class) gives NaN, as the mean is NaN then:
+    1/D = 0 would pass for the gradient of D = 0. A float D gives a float; a
+    0-d array D (on a device, or lazy) a 0-d array, computed where it lies.
     """
     if call.reduction != "mean":
         return 1.0
     if isinstance(denom, float):
-        return 0.0 if denom == 0 else 1.0 / denom
+        if denom == 0:
+            return 0.0
+        return 1.0 / denom if not math.isinf(denom) else math.nan
+    xp = call.xp
     nonzero = denom != 0
-    return call.xp.where(nonzero, 1.0 / call.xp.where(nonzero, denom, 1.0), 0.0)
+    scale = xp.where(xp.isinf(denom), math.nan, 1.0 / xp.where(nonzero, denom, 1.0))
+    return xp.where(nonzero, scale, 0.0)
+
+
+def loss_dtype(xp: Any, dtype: Any) -> Any:
+    """The dtype of the loss: the logits' for float32 and float64, float32 for half precision
+    (a bfloat16 loss of 36 could only move in steps of 0.25; api.md, Arguments)."""
+    itemsize = getattr(dtype, "itemsize", None)
+    if itemsize is None:  # array_api_strict's dtypes carry no itemsize
+        itemsize = xp.finfo(dtype).bits // 8
+    return xp.float32 if itemsize < 4 else dtype
 
 
 def reduce_losses(call: CrossEntropyCall, losses: Any, denom: Any) -> Any:
     """Apply ``reduction`` to the per-sample losses (float64, shaped like the batch).
 
-    The result has the logits' dtype: a 0-d array for "mean" and "sum"; the
-    mean is NaN where D = 0. ``denom`` is a float or a 0-d array (on a device, or lazy).
+    The result has the loss's dtype (:func:`loss_dtype`): a 0-d array for "mean"
+    and "sum"; the mean is NaN where D = 0. ``denom`` is a float or a 0-d array
+    (on a device, or lazy).
     """
-    xp, dtype = call.xp, call.logits.dtype
+    xp = call.xp
+    dtype = loss_dtype(xp, call.logits.dtype)
     if call.reduction == "none":
         return xp.astype(losses, dtype)
     total = xp.sum(losses)

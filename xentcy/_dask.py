@@ -104,14 +104,15 @@ class DaskBackend:
         if isinstance(grad_scale, da.Array):
             grad_scale = grad_scale.to_delayed().ravel()[0]
         template, chunk_rows = self._template(call), self.chunk_backend.cross_entropy_rows
+        check_indices = self.chunk_denominator if call.class_indices else None
 
         def compute_chunk(block: Any, target_block: Any, w: Any, scale: Any) -> tuple[Any, Any]:
-            return chunk_rows(
-                _chunk_call(template, block, target_block, w),
-                want_grad=want_grad,
-                out=None,
-                grad_scale=float(scale),
-            )
+            chunk = _chunk_call(template, block, target_block, w)
+            if check_indices is not None:
+                # the chunk's class indices are checked where they are used: no task computes
+                # through one out of range, whichever task the scheduler runs first
+                check_indices(chunk)
+            return chunk_rows(chunk, want_grad=want_grad, out=None, grad_scale=float(scale))
 
         axis = call.axis
         loss_meta = self.chunk_xp.empty((0,) * (logits.ndim - 1), dtype=np.float64)

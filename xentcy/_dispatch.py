@@ -14,7 +14,7 @@ import array_api_compat
 import numpy as np
 from array_api_compat import array_namespace
 
-from ._checks import library_name
+from ._checks import check_array_subclass, library_name
 
 
 @functools.cache
@@ -37,6 +37,8 @@ def namespace(**arrays: Any) -> Any:
         if type(x) is np.ndarray:
             xp = _numpy_namespace()
         else:
+            if isinstance(x, np.ndarray):
+                check_array_subclass(x, name)  # masked arrays and matrices; other subclasses pass
             if isinstance(x, numbers.Number) or not array_api_compat.is_array_api_obj(x):
                 raise TypeError(
                     f"{name} must be an array of an array-API library (NumPy, CuPy, PyTorch, JAX, ...), "

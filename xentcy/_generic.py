@@ -87,7 +87,9 @@ def _target_rows(call: Any, work: Any) -> Any:
         if eps != 0.0:
             q = (1.0 - eps) * q + eps / num_classes
     if call.weight is not None:
-        q = q * xp.astype(call.weight, work)
+        wq = q * xp.astype(call.weight, work)
+        # class indices: a class of zero mass adds nothing, whatever its weight (0 * NaN is NaN)
+        q = xp.where(q != 0, wq, xp.zeros_like(q)) if call.class_indices else wq
     return q
 
 
@@ -103,6 +105,11 @@ def cross_entropy_rows(call: Any, *, want_grad: bool, out: Any, grad_scale: Any)
     # sum_c w_c q_c ((m - A_c) + log s); zero-mass classes add nothing, even at A_c = -inf
     t = xp.sum(wq * xp.where(wq != 0, -z, xp.zeros_like(z)), axis=-1, keepdims=True)
     loss = t + xp.where(mass != 0, mass * xp.log(s), xp.zeros_like(mass))
+    # a NaN logit gives its sample NaN, even at zero target mass (ignored samples stay 0)
+    nan_sample = xp.isnan(s)
+    if call.class_indices:
+        nan_sample = nan_sample & (call.target != call.ignore_index)[..., None]
+    loss = xp.where(nan_sample, s, loss)
     loss = xp.astype(loss[..., 0], _accumulation_dtype(xp, logits))
     if not want_grad:
         return loss, None

@@ -26,8 +26,7 @@ def overlaps(x: Any, y: Any) -> bool:
 
 
 def _rows_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int]:
-    num_classes = shape[axis]
-    return math.prod(shape) // num_classes if num_classes else 0, num_classes
+    return math.prod(shape[:axis] + shape[axis + 1 :]), shape[axis]
 
 
 def _class_last(x: np.ndarray, axis: int) -> np.ndarray:

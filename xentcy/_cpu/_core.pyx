@@ -3,8 +3,11 @@
 
 Every kernel takes a 2-D view A of shape (N, C) whose class axis is last with
 unit stride (rows may have any stride); the Python glue in ``xentcy._cpu``
-arranges that. Arguments were checked above: class indices are in [0, C) or
-equal to ``ignore_index``, and buffers have the right shapes.
+arranges that. Arguments were checked above (class indices are in [0, C) or
+equal to ``ignore_index``); what is checked here again is only what keeps
+the kernels inside their arrays when that is bypassed: the shapes and class
+strides of the buffers (a ValueError), and each class index, which is never
+read or written through outside [0, C) (its row's loss and gradient are NaN).
 
 Per row, with m = max_c A_c and s = sum_c exp(A_c - m):
     log p_c = -((m - A_c) + log s)
@@ -16,6 +19,7 @@ does not depend on the split.
 """
 
 from cython.parallel cimport prange
+from libc.math cimport INFINITY
 from libc.stddef cimport ptrdiff_t
 
 import numpy as np
@@ -109,8 +113,24 @@ def set_isa(str name):
     raise ValueError(f"unknown instruction set {name!r}, expected one of {supported_isas()}")
 
 
-def vector_exp(const floating[:] x, floating[:] out):
+cdef _check_rows(str name, const floating[:, :] rows, Py_ssize_t N, Py_ssize_t C):
+    """rows has shape (N, C), its classes at unit stride (the kernels index them so)."""
+    if rows.shape[0] != N or rows.shape[1] != C:
+        raise ValueError(f"{name} must have shape ({N}, {C}), got ({rows.shape[0]}, {rows.shape[1]})")
+    if C > 1 and rows.strides[1] != sizeof(floating):
+        raise ValueError(
+            f"{name} must have its classes at unit stride ({sizeof(floating)} bytes), got {rows.strides[1]} bytes"
+        )
+
+
+cdef _check_length(str name, Py_ssize_t n, Py_ssize_t expected):
+    if n != expected:
+        raise ValueError(f"{name} must have {expected} elements, got {n}")
+
+
+def vector_exp(const floating[::1] x, floating[::1] out):
     """exp of every element of x into out with the kernels' vector exp (for the tests)."""
+    _check_length("out", out.shape[0], x.shape[0])
     if x.shape[0] == 0:
         return
     if floating is float:
@@ -152,12 +172,18 @@ cdef void _run_with_scratch(
         _run(fn, k, N, n_threads, <char*>&scratch[0, 0], scratch.strides[0])
 
 
+cdef inline double _smoothing(double eps, Py_ssize_t C, floating* unused) noexcept nogil:
+    """eps, or 0 where the smoothing mass eps / C rounds to 0 in the logits' dtype: the kernels
+    hold it in that dtype, so every path then computes without it, alike."""
+    return eps if <floating>(eps / C) != 0 else 0.0
+
+
 cdef inline int _dtype(floating* unused) noexcept nogil:
     return 0 if floating is float else 1
 
 
 cdef void _run_cross_entropy(
-    xent_args* k, floating[:, :] G, bint want_grad, double[:] loss, Py_ssize_t N, Py_ssize_t C
+    xent_args* k, floating[:, :] G, bint want_grad, double[::1] loss, Py_ssize_t N, Py_ssize_t C
 ):
     """Completes k with the outputs and runs the cross-entropy rows on the chosen threads."""
     k.G = <char*>&G[0, 0] if want_grad else NULL
@@ -168,21 +194,41 @@ cdef void _run_cross_entropy(
     _run_with_scratch(_kernels.cross_entropy[_dtype(<floating*>NULL)], k, N, C, sizeof(floating))
 
 
+cdef _check_outputs(
+    const floating[:, :] A, Py_ssize_t n_weight, bint has_weight, floating[:, :] G, bint want_grad, Py_ssize_t n_loss
+):
+    """The buffers of a cross-entropy call (their lengths, for weight and loss) fit A (N, C), C >= 1."""
+    cdef Py_ssize_t N = A.shape[0], C = A.shape[1]
+    if C < 1:
+        raise ValueError("A must have at least one class, got C = 0")
+    _check_rows("A", A, N, C)
+    if has_weight:
+        _check_length("weight", n_weight, C)
+    if want_grad:
+        _check_rows("G", G, N, C)
+    _check_length("loss", n_loss, N)
+
+
 def cross_entropy_index(
     const floating[:, :] A,
-    const Py_ssize_t[:] y,
-    const floating[:] weight,
+    const Py_ssize_t[::1] y,
+    const floating[::1] weight,
     bint has_weight,
     double eps,
     Py_ssize_t ignore_index,
     double scale,
     floating[:, :] G,
     bint want_grad,
-    double[:] loss,
+    double[::1] loss,
 ):
-    """Per-row losses of class-index targets into ``loss``; gradient into G if ``want_grad``."""
+    """Per-row losses of class-index targets into ``loss``; gradient into G if ``want_grad``.
+
+    A row whose index is neither ignore_index nor in [0, C) gets a NaN loss and gradient.
+    """
     cdef Py_ssize_t N = A.shape[0], C = A.shape[1], c
     cdef xent_args k
+    _check_outputs(A, weight.shape[0], has_weight, G, want_grad, loss.shape[0])
+    _check_length("y", y.shape[0], N)
     if N == 0:
         return
     k.A = <const char*>&A[0, 0]
@@ -195,24 +241,26 @@ def cross_entropy_index(
         k.w_sum = 0.0
         for c in range(C):
             k.w_sum += weight[c]
-    k.eps, k.scale, k.ignore_index = eps, scale, ignore_index
+    k.eps, k.scale, k.ignore_index = _smoothing(eps, C, <floating*>NULL), scale, ignore_index
     _run_cross_entropy(&k, G, want_grad, loss, N, C)
 
 
 def cross_entropy_prob(
     const floating[:, :] A,
     const floating[:, :] Q,
-    const floating[:] weight,
+    const floating[::1] weight,
     bint has_weight,
     double eps,
     double scale,
     floating[:, :] G,
     bint want_grad,
-    double[:] loss,
+    double[::1] loss,
 ):
     """Per-row losses of probability targets into ``loss``; gradient into G if ``want_grad``."""
     cdef Py_ssize_t N = A.shape[0], C = A.shape[1]
     cdef xent_args k
+    _check_outputs(A, weight.shape[0], has_weight, G, want_grad, loss.shape[0])
+    _check_rows("Q", Q, N, C)
     if N == 0:
         return
     k.A = <const char*>&A[0, 0]
@@ -221,7 +269,7 @@ def cross_entropy_prob(
     k.Q = <const char*>&Q[0, 0]
     k.q_stride = Q.strides[0]
     k.w = &weight[0] if has_weight else NULL
-    k.eps, k.scale = eps, scale
+    k.eps, k.scale = _smoothing(eps, C, <floating*>NULL), scale
     _run_cross_entropy(&k, G, want_grad, loss, N, C)
 
 
@@ -229,6 +277,8 @@ def softmax(const floating[:, :] A, floating[:, :] out, bint log_space):
     """softmax (or log_softmax where ``log_space``) of each row of A into ``out``."""
     cdef Py_ssize_t N = A.shape[0], C = A.shape[1]
     cdef xent_args k
+    _check_rows("A", A, N, C)
+    _check_rows("out", out, N, C)
     if N == 0 or C == 0:
         return
     k.A = <const char*>&A[0, 0]
@@ -240,11 +290,17 @@ def softmax(const floating[:, :] A, floating[:, :] out, bint log_space):
     _run_with_scratch(_kernels.softmax[_dtype(<floating*>NULL)], &k, N, C, sizeof(floating))
 
 
-def logsumexp(const floating[:, :] A, floating[:] out):
-    """log sum_c exp(A_c) of each row of A into ``out``."""
-    cdef Py_ssize_t N = A.shape[0], C = A.shape[1]
+def logsumexp(const floating[:, :] A, floating[::1] out):
+    """log sum_c exp(A_c) of each row of A into ``out`` (-inf for rows of no class)."""
+    cdef Py_ssize_t N = A.shape[0], C = A.shape[1], i
     cdef xent_args k
-    if N == 0 or C == 0:
+    _check_rows("A", A, N, C)
+    _check_length("out", out.shape[0], N)
+    if C == 0:
+        for i in range(N):
+            out[i] = -INFINITY
+        return
+    if N == 0:
         return
     k.A = <const char*>&A[0, 0]
     k.a_stride = A.strides[0]
@@ -256,7 +312,7 @@ def logsumexp(const floating[:, :] A, floating[:] out):
 
 def class_index_summary(
     const Py_ssize_t[::1] y,
-    const floating[:] weight,
+    const floating[::1] weight,
     bint has_weight,
     Py_ssize_t ignore_index,
     Py_ssize_t num_classes,
@@ -268,6 +324,8 @@ def class_index_summary(
     cdef Py_ssize_t N = y.shape[0], i, v, high = -1, low = 0, count = 0
     cdef ptrdiff_t kept = 0, n_bad = 0
     cdef double total = 0.0
+    if has_weight:
+        _check_length("weight", weight.shape[0], num_classes)
     if N == 0:
         return 0.0, None
     with nogil:

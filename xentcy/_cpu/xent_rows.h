@@ -382,17 +382,23 @@ static XENT_TARGET double XN(index_row)(const xent_args* k, const T* a, ptrdiff_
         /* (1 - eps) w_y (-log p_y): skipped at zero mass, where A_y may be -inf */
         loss = (1.0 - eps) * w_y * (((double)m - a_y) + log_s);
     if (eps != 0.0) {
-        /* (eps / C) sum_c w_c (-log p_c) = (eps / C) (sum_c w_c (m - A_c) + log s sum_c w_c) */
-        loss += smooth * (t + k->w_sum * log_s);
+        /* (eps / C) sum_c w_c (-log p_c) = (eps / C) (sum_c w_c (m - A_c) + log s sum_c w_c);
+         * no mass adds nothing, even where log s is infinite (as in the probability rows) */
+        loss += smooth * (t + (k->w_sum != 0.0 ? k->w_sum * log_s : 0.0));
     }
+    if (isnan(s))
+        loss = NAN;  /* a NaN logit gives its sample NaN, even at zero target mass */
     if (g) {
         if (k->scale == 0.0) {
             memset(g, 0, C * sizeof(T));
             return loss;
         }
-        /* dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c), q_c = eps / C off the target */
-        total_mass = (1.0 - eps) * w_y + smooth * k->w_sum;
-        XN(grad_row)(e, NULL, w, C, (T)(k->scale * total_mass / s), 0, (T)smooth, (T)k->scale, g, k->nt_store);
+        /* dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c), q_c = eps / C off the target; without
+         * smoothing q_c = 0 there, and a class of zero mass adds nothing, whatever its weight
+         * (a NaN or inf w_c would otherwise turn 0 w_c into NaN) */
+        total_mass = (1.0 - eps) * w_y + (eps != 0.0 ? smooth * k->w_sum : 0.0);
+        XN(grad_row)(e, NULL, eps != 0.0 ? w : NULL, C, (T)(k->scale * total_mass / s), 0, (T)smooth, (T)k->scale, g,
+                     k->nt_store);
         /* ... and q_y = 1 - eps + eps / C on it */
         /* (the same sum as total_mass for C = 1, so that the gradient is then exactly 0) */
         g[y] = (T)(k->scale * (exp((double)a_y - m) / s * total_mass - ((1.0 - eps) * w_y + smooth * w_y)));
@@ -422,8 +428,8 @@ static XENT_TARGET double XN(prob_row)(
                 (T)k->scale, g, k->nt_store
             );
     }
-    /* loss = sum_c w_c q_c ((m - A_c) + log s) */
-    return total_mass != 0.0 ? t + total_mass * log(s) : t;
+    /* loss = sum_c w_c q_c ((m - A_c) + log s); a NaN logit gives NaN, even at zero mass */
+    return isnan(s) ? NAN : total_mass != 0.0 ? t + total_mass * log(s) : t;
 }
 
 #if XENT_AVX512 && XENT_F32
@@ -550,7 +556,10 @@ XI void XN(tr_out)(const V* in, ptrdiff_t C, T* dst) {
  * that every vector operation is useful. at[c] holds class c of the W rows. */
 XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdiff_t end, const ptrdiff_t C) {
     const T* w = (const T*)k->w;
-    T eps = (T)k->eps, onem = (T)(1.0 - k->eps), smooth = (T)(k->eps / k->C), scale = (T)k->scale;
+    T onem = (T)(1.0 - k->eps), smooth = (T)(k->eps / k->C), scale = (T)k->scale;
+    /* tested in double: a smoothing too small for T (smooth rounds to 0) is still smoothing,
+     * and its mass times a NaN or infinite weight is NaN, as in float64 */
+    const int smoothing = k->eps != 0.0;
     V at[XENT_SMALL_C], qt[XENT_SMALL_C], zero = XN(splat)(0);
     double* loss_out = (double*)k->out;
 #if XENT_AVX512 && XENT_F32
@@ -564,6 +573,8 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
 #endif
     for (ptrdiff_t r0 = begin; r0 < end; r0 += W) {
         ptrdiff_t nl = end - r0 < W ? end - r0 : W;
+        /* y: the class index of each lane, -1 where ignored (or past the last row), -2 where
+         * it is outside [0, C) (such a row reads nothing and gets NaN) */
         IV y = (IV){0} - 1, keep = (IV){0};
         V m = XN(splat)(-INFINITY), s = zero, t = zero, total = zero, a_y = zero, w_y = zero, loss;
         int block_in = 0;
@@ -582,10 +593,15 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
                 /* the targets without a scalar loop: kept lanes, y (-1 where ignored), A_y, w_y */
                 __m512i ign = _mm512_set1_epi64((long long)k->ignore_index);
                 __m512i y0 = _mm512_loadu_si512(k->y + r0), y1 = _mm512_loadu_si512(k->y + r0 + 8);
+                __m512i nc = _mm512_set1_epi64((long long)C);
                 __mmask16 kept = _mm512_kunpackb(_mm512_cmpneq_epi64_mask(y1, ign), _mm512_cmpneq_epi64_mask(y0, ign));
+                /* kept indices outside [0, C) (unsigned: negative ones too) read nothing: NaN rows */
+                __mmask16 oob = kept & _mm512_kunpackb(_mm512_cmpge_epu64_mask(y1, nc), _mm512_cmpge_epu64_mask(y0, nc));
                 __m512i y32 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(y0)),
                                                  _mm512_cvtepi64_epi32(y1), 1);
+                kept &= (__mmask16)~oob;
                 y = (IV)_mm512_mask_mov_epi32(_mm512_set1_epi32(-1), kept, y32);
+                y = (IV)_mm512_mask_mov_epi32((__m512i)y, oob, _mm512_set1_epi32(-2));
                 keep = (IV)_mm512_movm_epi32(kept);
                 w_y = w ? zero : (V)_mm512_maskz_mov_ps(kept, _mm512_set1_ps(1.0f));
                 XENT_UNROLL
@@ -615,10 +631,14 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
                     for (ptrdiff_t c = 0; c < C; c++)
                         qb[c][l] = q[c];
                 } else if (k->y[i] != k->ignore_index) {
-                    yb[l] = k->y[i];
-                    kb[l] = -1;
-                    ayb[l] = a[k->y[i]];
-                    wyb[l] = w ? w[k->y[i]] : 1;
+                    if ((size_t)k->y[i] < (size_t)C) {
+                        yb[l] = (XN(int_t))k->y[i];
+                        kb[l] = -1;
+                        ayb[l] = a[k->y[i]];
+                        wyb[l] = w ? w[k->y[i]] : 1;
+                    } else {
+                        yb[l] = -2;  /* outside [0, C): read nothing, a NaN row */
+                    }
                 }
             }
             XENT_UNROLL
@@ -647,7 +667,7 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
                 total += wq;
                 t += XN(select)(wq != 0, wq * (m - at[c]), zero);
             }
-        } else if (eps != 0) {
+        } else if (smoothing) {
             /* t = sum_c w_c (m - A_c), for the smoothing term */
             for (ptrdiff_t c = 0; c < C; c++)
                 if ((w ? w[c] : 1) != 0)
@@ -660,17 +680,21 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
             s += at[c];
         }
         V log_s = XN(log)(s), wy1 = onem * w_y;
+        /* what a row that is not computed holds: 0 where ignored, NaN where its index is bad */
+        V fill = (V)((y == -2) & (IV)XN(splat)(NAN));
         if (k->Q) {
             /* loss = sum_c w_c q_c ((m - A_c) + log s) */
-            loss = XN(select)(total != 0, t + total * log_s, t);
+            /* s - s: 0, or NaN where a logit is NaN (or +inf), which then gives NaN even at zero mass */
+            loss = XN(select)(total != 0, t + total * log_s, t + (s - s));
         } else {
             /* (1 - eps) w_y ((m - A_y) + log s), skipped at zero mass, and
              * the smoothing term (eps / C) (sum_c w_c (m - A_c) + log s sum_c w_c) */
-            loss = XN(select)(wy1 != 0, wy1 * ((m - a_y) + log_s), zero);
-            if (eps != 0)
-                loss += smooth * (t + (T)k->w_sum * log_s);
-            loss = XN(select)(keep, loss, zero);
-            total = wy1 + smooth * (T)k->w_sum;
+            loss = XN(select)(wy1 != 0, wy1 * ((m - a_y) + log_s), s - s);  /* s - s: as above */
+            if (smoothing)
+                loss += smooth * (t + (k->w_sum != 0 ? (T)k->w_sum * log_s : zero));
+            loss = XN(select)(keep, loss, fill);
+            /* without smoothing, a weight of a class of zero mass (NaN or inf too) adds nothing */
+            total = smoothing ? wy1 + smooth * (T)k->w_sum : wy1;
         }
         for (ptrdiff_t l = 0; l < nl; l++)
             loss_out[r0 + l] = (double)loss[l];
@@ -680,17 +704,18 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
         V k1 = 1 / s * total, mass;
         if (scale == 0) {
             for (ptrdiff_t c = 0; c < C; c++)
-                at[c] = zero;
+                at[c] = fill;
         } else if (k->Q) {
             XENT_UNROLL
             for (ptrdiff_t c = 0; c < C; c++)
                 at[c] = scale * (at[c] * k1 - qt[c]);
         } else {
             V mass_y = wy1 + smooth * w_y;
+            const T* w_off = smoothing ? w : NULL;  /* off the target, q_c = 0 without smoothing */
             XENT_UNROLL
             for (ptrdiff_t c = 0; c < C; c++) {
-                mass = XN(select)(y == (IV){0} + (XN(int_t))c, mass_y, XN(splat)((w ? w[c] : 1) * smooth));
-                at[c] = XN(select)(keep, scale * (at[c] * k1 - mass), zero);
+                mass = XN(select)(y == (IV){0} + (XN(int_t))c, mass_y, XN(splat)((w_off ? w_off[c] : 1) * smooth));
+                at[c] = XN(select)(keep, scale * (at[c] * k1 - mass), fill);
             }
         }
         /* transpose the gradient out */
@@ -756,6 +781,13 @@ static XENT_TARGET void XN(cross_entropy)(const xent_args* k, ptrdiff_t begin, p
             }
             if (g)
                 memset(g, 0, k->C * sizeof(T));
+        } else if ((size_t)k->y[i] >= (size_t)k->C) {
+            /* an index outside [0, C) (the checks above raise for it; this is the second line)
+             * is never read or written through: the row's loss and gradient are NaN */
+            loss[i] = NAN;
+            if (g)
+                for (ptrdiff_t c = 0; c < k->C; c++)
+                    g[c] = (T)NAN;
         } else {
             loss[i] = XN(index_row)(k, a, k->y[i], g, (T*)scratch, next);
         }

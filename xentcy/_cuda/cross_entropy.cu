@@ -228,11 +228,15 @@ struct IndexTarget {
         double l = 0.0;
         // skipped at zero mass, where A_y may be -inf
         if ((1.0 - eps) * w_y != 0.0) l = (1.0 - eps) * w_y * (m_minus_ay + log_s);
-        if (eps != 0.0) l += smooth * (t + w_sum * log_s);
-        return l;
+        // no mass adds nothing, even where log s is infinite (as in the probability rows)
+        if (eps != 0.0) l += smooth * (t + (w_sum != 0.0 ? w_sum * log_s : 0.0));
+        return log_s == log_s ? l : log_s;  // a NaN logit gives NaN, even at zero target mass
     }
-    // sum_c w_c q_c, the softmax's factor in the gradient
-    __device__ __forceinline__ double mass() const { return (1.0 - eps) * w_y + smooth * w_sum; }
+    // sum_c w_c q_c, the softmax's factor in the gradient; without smoothing the classes off
+    // the target have zero mass and add nothing, whatever their weight (NaN and inf included)
+    __device__ __forceinline__ double mass() const {
+        return (1.0 - eps) * w_y + (eps != 0.0 ? smooth * w_sum : 0.0);
+    }
 };
 
 // w_c q_c of a class-index target (c < C).
@@ -245,6 +249,7 @@ __device__ __forceinline__ A index_wq(const T* weight, int c, int y, const Index
 
 // The loss of a row with probability target: sum_c w_c q_c ((m - A_c) + log s).
 __device__ __forceinline__ double prob_loss(double t, double mass, double log_s) {
+    if (log_s != log_s) return log_s;  // a NaN logit gives NaN, even at zero target mass
     return mass != 0.0 ? t + mass * log_s : t;
 }
 
