@@ -11,7 +11,6 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-
 # Flags added to every compile and link, last (so an -O level here wins): the sanitizer
 # build of scripts/sanitize.sh sets them. Empty for a normal build.
 EXTRA_FLAGS = os.environ.get("XENTCY_EXTRA_FLAGS", "").split()

@@ -80,10 +80,13 @@ def pytest_pyfunc_call(pyfuncitem):
     )
     if result.returncode != 0:
         status = result.returncode
-        how = f"was killed by {signal.Signals(-status).name}" if status < 0 else f"exited with status {status}"
-        pytest.fail(
-            f"the isolated test {how}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}", pytrace=False
-        )
+        how = f"exited with status {status}"
+        if status < 0:
+            how = f"was killed by {signal.Signals(-status).name}"
+        err = result.stderr
+        if len(err) > 6000:  # a sanitizer's report starts with what it found: keep the head too
+            err = f"{err[:3000]}\n[...]\n{err[-3000:]}"
+        pytest.fail(f"the isolated test {how}:\n{result.stdout[-4000:]}\n{err}", pytrace=False)
     if " skipped" in result.stdout and " passed" not in result.stdout:
         pytest.skip(f"skipped in its subprocess: {result.stdout.strip().splitlines()[-1]}")
     return True

@@ -110,8 +110,8 @@ def test_compiled_kernel_with_every_index_bad_reads_nothing_of_a_tiny_array(isa)
         loss = np.zeros(1)
         previous = _core.set_isa(isa)
         try:
-            _core.cross_entropy_index(a, np.array([value], np.intp), np.empty(0), False, 0.0, -100, 1.0, g, True,
-                                      loss)
+            y = np.array([value], np.intp)
+            _core.cross_entropy_index(a, y, np.empty(0), False, 0.0, -100, 1.0, g, True, loss)
         finally:
             _core.set_isa(previous)
         assert np.isnan(loss[0]) and np.isnan(g[0, 0])
@@ -128,7 +128,8 @@ def test_compiled_entry_points_refuse_buffers_that_do_not_fit():
         "weight": lambda: _core.cross_entropy_index(a, y, w[:2], True, 0.0, -100, 1.0, g, True, loss),
         "G": lambda: _core.cross_entropy_index(a, y, w, True, 0.0, -100, 1.0, g[:3], True, loss),
         "loss": lambda: _core.cross_entropy_index(a, y, w, True, 0.0, -100, 1.0, g, True, loss[:3]),
-        "A": lambda: _core.cross_entropy_index(np.zeros((4, 6))[:, ::2], y, w, True, 0.0, -100, 1.0, g, True, loss),
+        "A": lambda: _core.cross_entropy_index(np.zeros((4, 6))[:, ::2], y, w, True, 0.0, -100, 1.0, g, True,
+                                               loss),
         "Q": lambda: _core.cross_entropy_prob(a, np.zeros((4, 2)), w, True, 0.0, 1.0, g, True, loss),
         "out": lambda: _core.softmax(a, np.empty((4, 2)), False),
         "weight ": lambda: _core.class_index_summary(y, w[:2], True, -100, 3),
@@ -252,7 +253,8 @@ def test_nonfinite_weight_of_an_untargeted_class_matches_torch():
     w = [np.nan, 1.0, 1.0]
     loss, grad = xc.loss_and_grad(a, np.array([1, 1]), weight=w)
     ta = torch.tensor(a, requires_grad=True)
-    tl = torch.nn.functional.cross_entropy(ta, torch.tensor([1, 1]), weight=torch.tensor(w, dtype=torch.float64))
+    tw = torch.tensor(w, dtype=torch.float64)
+    tl = torch.nn.functional.cross_entropy(ta, torch.tensor([1, 1]), weight=tw)
     tl.backward()
     np.testing.assert_allclose(loss, tl.item(), rtol=1e-12)
     np.testing.assert_allclose(grad, ta.grad.numpy(), rtol=1e-10, atol=1e-15)
@@ -304,7 +306,7 @@ def test_softmax_of_zero_classes_is_empty(xp, fn):
 
 @pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_half_precision_logits_give_float32_losses_and_gradients_of_their_own_dtype(xp, dtype_name, reduction):
+def test_half_precision_logits_give_float32_losses_and_gradients_of_their_dtype(xp, dtype_name, reduction):
     if backend_name(xp) in ("numpy", "dask"):
         pytest.skip("the CPU core takes float32 and float64 logits (api.md, Arguments)")
     dtype = getattr(xp, dtype_name, None)

@@ -194,7 +194,8 @@ def _check_class_index_dtype(xp: Any, y: Any, num_classes: int, ignore_index: in
 
 def _class_index_error(num_classes: int, ignore_index: int, value: int) -> ValueError:
     return ValueError(
-        f"target holds the class index {value}, outside [0, {num_classes}) and not ignore_index={ignore_index}"
+        f"target holds the class index {value}, outside [0, {num_classes}) "
+        f"and not ignore_index={ignore_index}"
     )
 
 
