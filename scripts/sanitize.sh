@@ -18,6 +18,9 @@ step="${1:-all}"
 out="${XENTCY_SANITIZE_DIR:-build/sanitize}"
 
 if [[ "$step" == all || "$step" == build ]]; then
+# the build's own requirements (pyproject.toml [build-system]): pip's isolated build env has them,
+# an environment made by `pip install -e .` does not
+python -m pip install -q "cython>=3" "setuptools>=64" wheel
 rm -rf "$out"
 mkdir -p "$out"
 # the Python sources beside the sanitized extension, so that `import xentcy` finds both there
