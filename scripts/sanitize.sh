@@ -48,7 +48,7 @@ asan=$(gcc -print-file-name=libasan.so)
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:verify_asan_link_order=0:strict_string_checks=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export XENTCY_SANITIZE=1 XENTCY_EXPECT_CORE="$core"
-export XENTCY_FUZZ_EXAMPLES="${XENTCY_FUZZ_EXAMPLES:-1000}"
+export XENTCY_FUZZ_EXAMPLES="${XENTCY_FUZZ_EXAMPLES:-500}"
 # PYTHONSAFEPATH: `python -m` would put the source tree (and its unsanitized core) first
 LD_PRELOAD="$asan" PYTHONSAFEPATH=1 PYTHONPATH="$(realpath "$out")" python -m pytest -q -p no:cacheprovider \
     --durations=5 -k "not cupy and not torch and not jax and not dask" \
