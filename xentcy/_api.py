@@ -176,10 +176,13 @@ def cross_entropy(
     ------
     TypeError
         Non-floating logits, a non-integer class-index target, arrays of
-        different libraries.
+        different libraries, a NumPy masked array (its mask would be
+        ignored: pass ``.filled(-np.inf)`` or ``.data``) or ``numpy.matrix``.
     ValueError
-        Mismatched shapes, a class index out of range, an unknown reduction,
-        a smoothing outside [0, 1], a weight of the wrong size.
+        Mismatched shapes, a class index out of range (for Dask arrays, when
+        computed), an ``ignore_index`` outside int64, an unknown reduction, a
+        smoothing outside [0, 1], a weight of the wrong size, dimensions of
+        unknown size.
 
     Examples
     --------
@@ -221,10 +224,13 @@ def loss_and_grad(
     ----------
     out : array, optional
         A writable buffer of the logits' shape, dtype and library that
-        receives the gradient; it is returned as ``grad``.
+        receives the gradient; it is returned as ``grad``. It must not share
+        memory with ``target`` or ``weight`` (a ValueError), nor with
+        ``logits`` unless it is ``logits`` itself.
     inplace : bool, default False
         Write the gradient over ``logits`` and return ``logits`` as ``grad``:
-        no buffer of the logits' size is allocated.
+        no buffer of the logits' size is allocated. ``target`` and ``weight``
+        must not share memory with ``logits`` (a ValueError).
 
     Returns
     -------

@@ -252,7 +252,7 @@ def check_cross_entropy(
     if isinstance(target, numbers.Integral) and not isinstance(target, bool):
         if not INT64_MIN <= int(target) <= INT64_MAX:
             raise _class_index_error(num_classes, ignore_index, int(target))
-        target = xp.asarray(int(target), dtype=xp.int64, device=device(logits))
+        target = xp.asarray(int(target), device=device(logits))
     if not hasattr(target, "ndim"):
         raise TypeError(f"target must be an array, got {type(target).__name__}")
     check_known_shape(target, "target")
