@@ -33,8 +33,7 @@ def _dask_case(bad):
 @pytest.mark.isolated
 @pytest.mark.parametrize("scheduler", ["sync", "threads"])
 def test_dask_out_of_range_index_raises_at_compute_for_every_reduction(scheduler):
-    import dask
-
+    dask = pytest.importorskip("dask")
     for bad in [10**11, 3, -1]:  # far outside, C itself (it read the next row), negative
         logits, target = _dask_case(bad)
         for reduction in REDUCTIONS:
