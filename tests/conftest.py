@@ -72,7 +72,7 @@ def pytest_pyfunc_call(pyfuncitem):
 
     env = dict(os.environ, **{_CHILD: "1"})
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-header", pyfuncitem.nodeid],
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--no-header", pyfuncitem.nodeid],
         cwd=str(pyfuncitem.config.rootpath),
         env=env,
         capture_output=True,
@@ -88,7 +88,8 @@ def pytest_pyfunc_call(pyfuncitem):
             err = f"{err[:3000]}\n[...]\n{err[-3000:]}"
         pytest.fail(f"the isolated test {how}:\n{result.stdout[-4000:]}\n{err}", pytrace=False)
     if " skipped" in result.stdout and " passed" not in result.stdout:
-        pytest.skip(f"skipped in its subprocess: {result.stdout.strip().splitlines()[-1]}")
+        reasons = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
+        pytest.skip(f"in its subprocess: {reasons[0] if reasons else result.stdout.strip()}")
     return True
 
 
