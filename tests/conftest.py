@@ -72,7 +72,8 @@ def pytest_pyfunc_call(pyfuncitem):
 
     env = dict(os.environ, **{_CHILD: "1"})
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--no-header", pyfuncitem.nodeid],
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--no-header",
+         pyfuncitem.nodeid],
         cwd=str(pyfuncitem.config.rootpath),
         env=env,
         capture_output=True,

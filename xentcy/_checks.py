@@ -27,7 +27,8 @@ class CrossEntropyCall:
     ``target`` is either an int64 array of class indices shaped like
     ``batch_shape`` (``class_indices`` true) or a probability array shaped like
     ``logits`` in the logits' dtype. ``weight`` is None or a 1-D array of C
-    weights in the logits' namespace, device and dtype.
+    weights in the logits' namespace, device and dtype. ``label_smoothing`` is
+    0 where its mass eps / C rounds to 0 in the loss's dtype.
     """
 
     xp: Any
@@ -143,6 +144,16 @@ def _check_options(ignore_index: Any, label_smoothing: Any, reduction: Any) -> t
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of 'mean', 'sum', 'none', got {reduction!r}")
     return int(ignore_index), eps
+
+
+def _effective_smoothing(xp: Any, eps: float, num_classes: int, dtype: Any) -> float:
+    """eps, or 0 where the smoothing mass eps / C rounds to 0 in the dtype the kernels hold it in
+    (the loss's): every backend then computes without it, alike. It matters only against an
+    infinite or NaN term, where 0 * inf and 1e-300 * inf differ (docs/math.md, Numerics)."""
+    mass = eps / num_classes
+    if _itemsize(xp, loss_dtype(xp, dtype)) == 4:
+        mass = float(np.float32(mass))
+    return eps if mass != 0.0 else 0.0
 
 
 def _check_weight(xp: Any, weight: Any, logits: Any, num_classes: int) -> Any:
@@ -282,7 +293,7 @@ def check_cross_entropy(
         batch_shape=batch_shape,
         weight=_check_weight(xp, weight, logits, num_classes),
         ignore_index=ignore_index,
-        label_smoothing=eps,
+        label_smoothing=_effective_smoothing(xp, eps, num_classes, logits.dtype),
         reduction=reduction,
     )
 
@@ -389,13 +400,15 @@ def gradient_scale(call: CrossEntropyCall, denom: Any) -> Any:
     return xp.where(nonzero, scale, 0.0)
 
 
+def _itemsize(xp: Any, dtype: Any) -> int:
+    itemsize = getattr(dtype, "itemsize", None)
+    return itemsize if itemsize is not None else xp.finfo(dtype).bits // 8  # array_api_strict's dtypes
+
+
 def loss_dtype(xp: Any, dtype: Any) -> Any:
     """The dtype of the loss: the logits' for float32 and float64, float32 for half precision
     (a bfloat16 loss of 36 could only move in steps of 0.25; api.md, Arguments)."""
-    itemsize = getattr(dtype, "itemsize", None)
-    if itemsize is None:  # array_api_strict's dtypes carry no itemsize
-        itemsize = xp.finfo(dtype).bits // 8
-    return xp.float32 if itemsize < 4 else dtype
+    return xp.float32 if _itemsize(xp, dtype) < 4 else dtype
 
 
 def reduce_losses(call: CrossEntropyCall, losses: Any, denom: Any) -> Any:

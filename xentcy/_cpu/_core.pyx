@@ -172,12 +172,6 @@ cdef void _run_with_scratch(
         _run(fn, k, N, n_threads, <char*>&scratch[0, 0], scratch.strides[0])
 
 
-cdef inline double _smoothing(double eps, Py_ssize_t C, floating* unused) noexcept nogil:
-    """eps, or 0 where the smoothing mass eps / C rounds to 0 in the logits' dtype: the kernels
-    hold it in that dtype, so every path then computes without it, alike."""
-    return eps if <floating>(eps / C) != 0 else 0.0
-
-
 cdef inline int _dtype(floating* unused) noexcept nogil:
     return 0 if floating is float else 1
 
@@ -241,7 +235,7 @@ def cross_entropy_index(
         k.w_sum = 0.0
         for c in range(C):
             k.w_sum += weight[c]
-    k.eps, k.scale, k.ignore_index = _smoothing(eps, C, <floating*>NULL), scale, ignore_index
+    k.eps, k.scale, k.ignore_index = eps, scale, ignore_index
     _run_cross_entropy(&k, G, want_grad, loss, N, C)
 
 
@@ -269,7 +263,7 @@ def cross_entropy_prob(
     k.Q = <const char*>&Q[0, 0]
     k.q_stride = Q.strides[0]
     k.w = &weight[0] if has_weight else NULL
-    k.eps, k.scale = _smoothing(eps, C, <floating*>NULL), scale
+    k.eps, k.scale = eps, scale
     _run_cross_entropy(&k, G, want_grad, loss, N, C)
 
 

@@ -557,7 +557,7 @@ XI void XN(tr_out)(const V* in, ptrdiff_t C, T* dst) {
 XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdiff_t end, const ptrdiff_t C) {
     const T* w = (const T*)k->w;
     T onem = (T)(1.0 - k->eps), smooth = (T)(k->eps / k->C), scale = (T)k->scale;
-    /* (the core passes eps = 0 where eps / C rounds to 0 in T: smooth != 0 with smoothing) */
+    /* (eps = 0 where eps / C rounds to 0 in T, xentcy._checks: smooth != 0 with smoothing) */
     const int smoothing = k->eps != 0.0;
     V at[XENT_SMALL_C], qt[XENT_SMALL_C], zero = XN(splat)(0);
     double* loss_out = (double*)k->out;
