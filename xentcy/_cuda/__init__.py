@@ -2,14 +2,21 @@
 
 The kernels are CUDA C++ templates, compiled at first use by NVRTC through
 ``cupy.RawModule`` with ``name_expressions``, once per device and dtype, and
-cached. This launcher lays arrays out as dense (N, C) rows (class axis last,
+cached. :class:`CudaBackend` lays arrays out as dense (N, C) rows (class axis last,
 unit stride; other layouts are copied first), picks the kernel and its grid,
 and casts every argument to the exact C type the kernel takes: CuPy does not
 check them. Work goes on CuPy's current stream and nothing here synchronizes.
 
-The part above :func:`_cupy` is pure Python (no CuPy import), so that the
-compile test can ask for the kernel source, the instantiations and the
-launch plans on a machine without a GPU.
+The backend does its array work through the array module it is given and
+launches through a launcher object, the one seam between it and the device:
+:class:`CupyLauncher` (``RawModule`` on a GPU) for CuPy arrays, and in the
+tests a host-compiled build of the same kernels on NumPy arrays
+(``tests/cuda_host``), so that every argument built here reaches an emulated
+kernel exactly as it would reach the GPU.
+
+Nothing here imports CuPy at import time, so that the compile test can ask
+for the kernel source, the instantiations and the launch plans on a machine
+without a GPU.
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
 
 SOURCE_FILE = Path(__file__).with_name("cross_entropy.cu")
 
@@ -124,18 +133,24 @@ def plan(kernel: str, dtype_name: str, n_rows: int, num_classes: int) -> Plan:
     return Plan(name, group, block, -(-n_rows // (block // group)))
 
 
-# ------------------------------------------------------------------ CuPy from here on
+# ------------------------------------------------------------------ launchers
 
 
-def _cupy() -> Any:
-    import cupy
+class Launcher(Protocol):
+    """Where the backend's kernels run: the only part of it that knows the device."""
 
-    return cupy
+    def device(self, x: Any) -> Any:
+        """A context manager that makes x's device current."""
+
+    def address(self, x: Any) -> int:
+        """The address of x's first element on its device."""
+
+    def launch(self, dtype_name: str, name: str, grid: int, block: int, args: tuple[Any, ...]) -> None:
+        """Runs instantiation ``name`` (of the kernels compiled for ``dtype_name``) on a 1-D grid;
+        ``args`` are arrays (pointers) and NumPy scalars of the kernel's exact C types."""
 
 
 def _dtypes() -> tuple[Any, ...]:
-    import numpy as np
-
     dtypes = [np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)]
     try:
         import ml_dtypes  # CuPy's bfloat16 arrays use its dtype
@@ -152,7 +167,8 @@ DTYPES = _dtypes()
 @functools.cache
 def _module(device_id: int, dtype_name: str) -> Any:
     """The compiled kernels of one dtype on one device (compiled while that device is current)."""
-    cupy = _cupy()
+    import cupy
+
     return cupy.RawModule(
         code=kernel_source(), options=COMPILE_OPTIONS, name_expressions=name_expressions((dtype_name,))
     )
@@ -163,52 +179,22 @@ def _function(device_id: int, dtype_name: str, name: str) -> Any:
     return _module(device_id, dtype_name).get_function(name)
 
 
-def _launch(
-    kernel: str,
-    dtype: Any,
-    n_rows: int,
-    num_classes: int,
-    pointers: tuple[Any, ...],
-    options: tuple[Any, ...],
-) -> None:
-    """Runs ``kernel`` over (N, C) rows: its arguments are the pointers, then
-    (long long N, long long C, int G), then ``options``, already cast to their C types."""
-    import numpy as np
+class CupyLauncher:
+    """The kernels through NVRTC and ``cupy.RawModule``, on CuPy's current device and stream."""
 
-    cupy = _cupy()
-    if num_classes >= _MAX_CLASSES:  # indices within a row are 32-bit in the kernels
-        raise ValueError(f"the CUDA kernels take fewer than {_MAX_CLASSES} classes, got C = {num_classes}")
-    p = plan(kernel, dtype.name, n_rows, num_classes)
-    fn = _function(cupy.cuda.runtime.getDevice(), dtype.name, p.name)
-    fn(
-        (p.grid,),
-        (p.block,),
-        (*pointers, np.int64(n_rows), np.int64(num_classes), np.int32(p.group), *options),
-    )
+    def device(self, x: Any) -> Any:
+        return x.device
+
+    def address(self, x: Any) -> int:
+        return int(x.data.ptr)
+
+    def launch(self, dtype_name: str, name: str, grid: int, block: int, args: tuple[Any, ...]) -> None:
+        import cupy
+
+        _function(cupy.cuda.runtime.getDevice(), dtype_name, name)((grid,), (block,), args)
 
 
-def _aligned(num_classes: int, itemsize: int, *arrays: Any) -> Any:
-    """int 1 where every row of these dense (N, C) arrays starts on 16 bytes, else 0."""
-    import numpy as np
-
-    ok = (num_classes * itemsize) % 16 == 0 and all(a.data.ptr % 16 == 0 for a in arrays)
-    return np.int32(1 if ok else 0)
-
-
-def _or_null(x: Any) -> Any:
-    """x, or a null pointer argument (8 bytes of zero) where x is None."""
-    import numpy as np
-
-    return np.uint64(0) if x is None else x
-
-
-def writable(x: Any) -> bool:
-    return isinstance(x, _cupy().ndarray)
-
-
-def overlaps(x: Any, y: Any) -> bool:
-    """Whether writing x could change y (x being y itself excluded by the caller)."""
-    return bool(_cupy().may_share_memory(x, y))
+# ------------------------------------------------------------------ the backend
 
 
 def _rows_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int]:
@@ -216,131 +202,168 @@ def _rows_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int]:
     return (math.prod(shape) // num_classes if num_classes else 0), num_classes
 
 
-def _rows(x: Any, axis: int) -> Any:
-    """A dense (N, C) view of x with the class axis last, or a dense copy."""
-    cupy = _cupy()
-    return cupy.ascontiguousarray(cupy.moveaxis(x, axis, -1)).reshape(_rows_shape(x.shape, axis))
-
-
 class _RowsOut:
     """Where a kernel writes dense (N, C) rows that belong in ``dest`` (class axis ``axis``).
 
     ``dest`` None: a new array laid out as the rows (returned with the class axis
     moved back). ``rows`` is a view into dest where dest's layout allows, else a
-    scratch buffer that :meth:`finish` copies into dest on the current stream.
+    scratch buffer that :meth:`finish` copies into dest (on the current stream).
     """
 
-    def __init__(self, like: Any, dest: Any, axis: int) -> None:
-        cupy = _cupy()
-        self.axis = axis
+    def __init__(self, xp: Any, like: Any, dest: Any, axis: int) -> None:
+        self.xp, self.axis = xp, axis
         shape = _rows_shape(like.shape, axis)
         if dest is None:
             moved_shape = tuple(n for i, n in enumerate(like.shape) if i != axis) + (like.shape[axis],)
-            self.dest = cupy.moveaxis(cupy.empty(moved_shape, like.dtype), -1, axis)
+            self.dest = xp.moveaxis(xp.empty(moved_shape, like.dtype), -1, axis)
         else:
             self.dest = dest
-        moved = cupy.moveaxis(self.dest, axis, -1)
+        moved = xp.moveaxis(self.dest, axis, -1)
         self.scratch = not moved.flags.c_contiguous
-        self.rows = cupy.empty(shape, like.dtype) if self.scratch else moved.reshape(shape)
+        self.rows = xp.empty(shape, like.dtype) if self.scratch else moved.reshape(shape)
 
     def finish(self) -> Any:
         if self.scratch:
-            moved = _cupy().moveaxis(self.dest, self.axis, -1)
+            moved = self.xp.moveaxis(self.dest, self.axis, -1)
             moved[...] = self.rows.reshape(moved.shape)
         return self.dest
 
 
-def softmax(xp: Any, x: Any, axis: int, log_space: bool) -> Any:
-    import numpy as np
+class CudaBackend:
+    """The CUDA backend: arrays of module ``xp`` (CuPy, or NumPy in the tests), kernels through ``launcher``.
 
-    with x.device:
-        out = _RowsOut(x, None, axis)
-        n_rows, num_classes = out.rows.shape
-        if n_rows == 0 or num_classes == 0:
-            return out.finish()
-        a = _rows(x, axis)
-        _launch(
-            "softmax",
-            x.dtype,
-            n_rows,
-            num_classes,
-            (a, out.rows),
-            (_aligned(num_classes, x.itemsize, a, out.rows), np.int32(log_space)),
-        )
-        return out.finish()
-
-
-def logsumexp(xp: Any, x: Any, axis: int, keepdims: bool) -> Any:
-    import numpy as np
-
-    cupy = _cupy()
-    with x.device:
-        n_rows, num_classes = _rows_shape(x.shape, axis)
-        batch_shape = x.shape[:axis] + x.shape[axis + 1 :]
-        if num_classes == 0:
-            out = cupy.full(batch_shape, -np.inf, x.dtype)
-        else:
-            out = cupy.empty(n_rows, x.dtype)
-            if n_rows:
-                a = _rows(x, axis)
-                _launch(
-                    "logsumexp",
-                    x.dtype,
-                    n_rows,
-                    num_classes,
-                    (a, out),
-                    (_aligned(num_classes, x.itemsize, a),),
-                )
-            out = out.reshape(batch_shape)
-        return cupy.expand_dims(out, axis) if keepdims else out
-
-
-def _scale_arguments(grad_scale: Any) -> tuple[Any, Any]:
-    """(scale_value, scale_ptr) of the kernels: a float by value, a 0-d device array by pointer."""
-    import numpy as np
-
-    if isinstance(grad_scale, float):
-        return np.float64(grad_scale), np.uint64(0)
-    return np.float64(0.0), _cupy().ascontiguousarray(grad_scale, dtype=np.float64)
-
-
-def cross_entropy_rows(call: Any, *, want_grad: bool, out: Any, grad_scale: Any) -> tuple[Any, Any]:
-    """Per-sample losses (float64, batch-shaped) and, where ``want_grad``, the gradient.
-
-    The gradient, times ``grad_scale`` (a float, or a 0-d float64 array left on
-    the device), goes into ``out`` (which may be the logits themselves) or,
-    where ``out`` is None, into a new array.
+    ``xp`` is the array library's own module (``cupy``, ``numpy``), whose
+    NumPy-style API (``ascontiguousarray``, ``moveaxis``, ``may_share_memory``)
+    both libraries have.
     """
-    import numpy as np
 
-    cupy = _cupy()
-    logits, axis = call.logits, call.axis
-    with logits.device:
-        grad = _RowsOut(logits, out, axis) if want_grad else None
-        n_rows, num_classes = _rows_shape(logits.shape, axis)
-        loss = cupy.empty(n_rows, cupy.float64)
-        if n_rows == 0:
+    DTYPES = DTYPES
+
+    def __init__(self, xp: Any, launcher: Launcher) -> None:
+        self.xp, self.launcher = xp, launcher
+
+    def writable(self, x: Any) -> bool:
+        return isinstance(x, self.xp.ndarray) and getattr(x.flags, "writeable", True)
+
+    def overlaps(self, x: Any, y: Any) -> bool:
+        """Whether writing x could change y (x being y itself excluded by the caller)."""
+        return bool(self.xp.may_share_memory(x, y))
+
+    def _rows(self, x: Any, axis: int) -> Any:
+        """A dense (N, C) view of x with the class axis last, or a dense copy."""
+        xp = self.xp
+        return xp.ascontiguousarray(xp.moveaxis(x, axis, -1)).reshape(_rows_shape(x.shape, axis))
+
+    def _aligned(self, num_classes: int, itemsize: int, *arrays: Any) -> Any:
+        """int 1 where every row of these dense (N, C) arrays starts on 16 bytes, else 0."""
+        ok = (num_classes * itemsize) % 16 == 0 and all(self.launcher.address(a) % 16 == 0 for a in arrays)
+        return np.int32(1 if ok else 0)
+
+    def _launch(
+        self,
+        kernel: str,
+        dtype: Any,
+        n_rows: int,
+        num_classes: int,
+        pointers: tuple[Any, ...],
+        options: tuple[Any, ...],
+    ) -> None:
+        """Runs ``kernel`` over (N, C) rows: its arguments are the pointers, then
+        (long long N, long long C, int G), then ``options``, already cast to their C types."""
+        if num_classes >= _MAX_CLASSES:  # indices within a row are 32-bit in the kernels
+            raise ValueError(f"the CUDA kernels take fewer than {_MAX_CLASSES} classes, got C = {num_classes}")
+        p = plan(kernel, dtype.name, n_rows, num_classes)
+        args = (*pointers, np.int64(n_rows), np.int64(num_classes), np.int32(p.group), *options)
+        self.launcher.launch(dtype.name, p.name, p.grid, p.block, args)
+
+    def _scale_arguments(self, grad_scale: Any) -> tuple[Any, Any]:
+        """(scale_value, scale_ptr) of the kernels: a float by value, a 0-d device array by pointer."""
+        if isinstance(grad_scale, float):
+            return np.float64(grad_scale), _NULL
+        return np.float64(0.0), self.xp.ascontiguousarray(grad_scale, dtype=np.float64)
+
+    def softmax(self, xp: Any, x: Any, axis: int, log_space: bool) -> Any:
+        with self.launcher.device(x):
+            out = _RowsOut(self.xp, x, None, axis)
+            n_rows, num_classes = out.rows.shape
+            if n_rows == 0 or num_classes == 0:
+                return out.finish()
+            a = self._rows(x, axis)
+            aligned = self._aligned(num_classes, x.itemsize, a, out.rows)
+            self._launch("softmax", x.dtype, n_rows, num_classes, (a, out.rows), (aligned, np.int32(log_space)))
+            return out.finish()
+
+    def logsumexp(self, xp: Any, x: Any, axis: int, keepdims: bool) -> Any:
+        cp = self.xp
+        with self.launcher.device(x):
+            n_rows, num_classes = _rows_shape(x.shape, axis)
+            batch_shape = x.shape[:axis] + x.shape[axis + 1 :]
+            if num_classes == 0:
+                out = cp.full(batch_shape, -np.inf, x.dtype)
+            else:
+                out = cp.empty(n_rows, x.dtype)
+                if n_rows:
+                    a = self._rows(x, axis)
+                    aligned = self._aligned(num_classes, x.itemsize, a)
+                    self._launch("logsumexp", x.dtype, n_rows, num_classes, (a, out), (aligned,))
+                out = out.reshape(batch_shape)
+            return cp.expand_dims(out, axis) if keepdims else out
+
+    def cross_entropy_rows(self, call: Any, *, want_grad: bool, out: Any, grad_scale: Any) -> tuple[Any, Any]:
+        """Per-sample losses (float64, batch-shaped) and, where ``want_grad``, the gradient.
+
+        The gradient, times ``grad_scale`` (a float, or a 0-d float64 array left on
+        the device), goes into ``out`` (which may be the logits themselves) or,
+        where ``out`` is None, into a new array.
+        """
+        cp = self.xp
+        logits, axis = call.logits, call.axis
+        with self.launcher.device(logits):
+            grad = _RowsOut(cp, logits, out, axis) if want_grad else None
+            n_rows, num_classes = _rows_shape(logits.shape, axis)
+            loss = cp.empty(n_rows, cp.float64)
+            if n_rows == 0:
+                return loss.reshape(call.batch_shape), (grad.finish() if grad is not None else None)
+            a = self._rows(logits, axis)
+            g = grad.rows if grad is not None else None
+            weight = cp.ascontiguousarray(call.weight) if call.weight is not None else None
+            eps = np.float64(call.label_smoothing)
+            common = (a, g) if g is not None else (a,)
+            if call.class_indices:
+                y = cp.ascontiguousarray(call.target).reshape(n_rows)
+                # sum_c w_c, for smoothing: a float64 sum on the device, read by the kernel
+                w_sum = cp.asarray(cp.sum(weight, dtype=cp.float64)) if weight is not None else None
+                pointers = (a, y, _or_null(weight), _or_null(w_sum), _or_null(g), loss)
+                options = (
+                    self._aligned(num_classes, logits.itemsize, *common),
+                    eps,
+                    np.int64(call.ignore_index),  # in int64's range (xentcy._checks)
+                    *self._scale_arguments(grad_scale),
+                )
+                self._launch("index", logits.dtype, n_rows, num_classes, pointers, options)
+            else:
+                q = self._rows(call.target, axis)
+                pointers = (a, q, _or_null(weight), _or_null(g), loss)
+                options = (
+                    self._aligned(num_classes, logits.itemsize, q, *common),
+                    eps,
+                    *self._scale_arguments(grad_scale),
+                )
+                self._launch("prob", logits.dtype, n_rows, num_classes, pointers, options)
             return loss.reshape(call.batch_shape), (grad.finish() if grad is not None else None)
-        a = _rows(logits, axis)
-        g = grad.rows if grad is not None else None
-        weight = cupy.ascontiguousarray(call.weight) if call.weight is not None else None
-        eps = np.float64(call.label_smoothing)
-        common = (a, g) if g is not None else (a,)
-        if call.class_indices:
-            y = cupy.ascontiguousarray(call.target).reshape(n_rows)
-            # sum_c w_c, for smoothing: a float64 sum on the device, read by the kernel
-            w_sum = cupy.sum(weight, dtype=cupy.float64) if weight is not None else None
-            pointers = (a, y, _or_null(weight), _or_null(w_sum), _or_null(g), loss)
-            options = (
-                _aligned(num_classes, logits.itemsize, *common),
-                eps,
-                np.int64(call.ignore_index),  # in int64's range (xentcy._checks)
-                *_scale_arguments(grad_scale),
-            )
-            _launch("index", logits.dtype, n_rows, num_classes, pointers, options)
-        else:
-            q = _rows(call.target, axis)
-            pointers = (a, q, _or_null(weight), _or_null(g), loss)
-            options = (_aligned(num_classes, logits.itemsize, q, *common), eps, *_scale_arguments(grad_scale))
-            _launch("prob", logits.dtype, n_rows, num_classes, pointers, options)
-        return loss.reshape(call.batch_shape), (grad.finish() if grad is not None else None)
+
+
+_NULL = np.uint64(0)  # a null pointer argument: 8 bytes of zero
+
+
+def _or_null(x: Any) -> Any:
+    """x, or a null pointer argument where x is None."""
+    return _NULL if x is None else x
+
+
+@functools.cache
+def cupy_backend() -> CudaBackend:
+    """The backend of CuPy arrays (xentcy._dispatch imports CuPy's arrays' module first)."""
+    import cupy
+
+    return CudaBackend(cupy, CupyLauncher())
