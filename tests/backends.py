@@ -6,13 +6,32 @@ loaded here; ``make`` turns a NumPy array into that backend's array and
 """
 
 import importlib
+import types
 
 import numpy as np
 
-BACKEND_NAMES = ("numpy", "array_api_strict", "torch", "jax", "dask", "cupy")
+# "cuda_host": NumPy arrays through xentcy's CUDA backend, its launcher and its kernels
+# compiled for the CPU (tests/cuda_host); the xp fixture turns the dispatch hook on.
+BACKEND_NAMES = ("numpy", "cuda_host", "array_api_strict", "torch", "jax", "dask", "cupy")
 
 # Backends whose arrays can be written to, so out= and inplace=True apply.
-WRITABLE = ("numpy", "array_api_strict", "torch", "cupy")
+WRITABLE = ("numpy", "cuda_host", "array_api_strict", "torch", "cupy")
+
+# Backends that take float16 and bfloat16 logits on xentcy's own kernels.
+HALF_PRECISION = ("cuda_host", "cupy")
+
+
+class _CudaHostNamespace(types.ModuleType):
+    """NumPy, under the name of the backend whose kernels compute for it."""
+
+    def __getattr__(self, name):
+        if name == "bfloat16":  # the CUDA backend's bfloat16 arrays: NumPy arrays of ml_dtypes' type
+            ml_dtypes = importlib.import_module("ml_dtypes")
+            return np.dtype(ml_dtypes.bfloat16)
+        return getattr(np, name)
+
+
+CUDA_HOST = _CudaHostNamespace("cuda_host")
 
 # Eager JAX compiles every operation again for each new shape, dtype and
 # keyword set (about 2 s per case on 2 cores), so the large rotated grids run
@@ -25,6 +44,11 @@ def load(name):
     """Return the array namespace for ``name``; raise ImportError if unusable."""
     if name == "numpy":
         return np
+    if name == "cuda_host":
+        import cuda_host
+
+        cuda_host.library()  # builds it, or raises cuda_host.Unavailable (an ImportError)
+        return CUDA_HOST
     if name == "array_api_strict":
         return importlib.import_module("array_api_strict")
     if name == "torch":
@@ -68,7 +92,7 @@ def make(xp, a, axis=None):
     if not isinstance(a, np.ndarray):
         return a
     name = backend_name(xp)
-    if name == "numpy":
+    if name in ("numpy", "cuda_host"):
         return a.copy()
     if name == "torch":
         return xp.asarray(a.copy())

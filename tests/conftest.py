@@ -4,7 +4,9 @@ As in SciPy's conftest, every backend that is importable (and, for CuPy,
 has a usable GPU) is a parameter; a missing one is skipped with the reason.
 """
 
+import contextlib
 import os
+import random
 import sys
 
 import pytest
@@ -44,9 +46,52 @@ if os.environ.get("XENTCY_SANITIZE"):
 @pytest.fixture(params=BACKEND_NAMES, ids=BACKEND_NAMES)
 def xp(request):
     try:
-        return load(request.param)
+        namespace = load(request.param)
     except ImportError as exc:
         pytest.skip(f"backend {request.param} unavailable: {exc}")
+    if request.param != "cuda_host":
+        yield namespace
+        return
+    with cuda_host_backend():
+        yield namespace
+
+
+# --- the CUDA backend on the CPU ------------------------------------------------
+# Every launch of the session runs its blocks in an order shuffled by one seed, printed in
+# the header (XENTCY_CUDA_HOST_SEED=... repeats it): the order of blocks must not matter.
+CUDA_HOST_SEED = int(os.environ.get("XENTCY_CUDA_HOST_SEED") or random.SystemRandom().randrange(1, 2**63))
+
+
+def pytest_report_header(config):
+    return f"cuda_host: blocks of every launch in an order shuffled by XENTCY_CUDA_HOST_SEED={CUDA_HOST_SEED}"
+
+
+@contextlib.contextmanager
+def cuda_host_backend(**launcher_options):
+    """Within the block, NumPy arrays run through the CUDA backend and its host kernels."""
+    import cuda_host
+
+    from xentcy import _testing
+
+    options = {"block_seed": CUDA_HOST_SEED, **launcher_options}
+    with _testing.numpy_arrays_on(cuda_host.backend(**options)) as backend:
+        yield backend
+
+
+@pytest.fixture(params=["cpu", "cuda_host"])
+def numpy_backend(request):
+    """Runs a NumPy-only test once on the CPU core and once on the CUDA backend's host kernels."""
+    if request.param == "cpu":
+        yield "cpu"
+        return
+    if request.node.get_closest_marker("cpu_core_only"):
+        pytest.skip("a case of the CPU core alone: the CUDA backend also takes float16 and bfloat16")
+    try:
+        load("cuda_host")
+    except ImportError as exc:
+        pytest.skip(f"backend cuda_host unavailable: {exc}")
+    with cuda_host_backend():
+        yield "cuda_host"
 
 
 # --- crash isolation ----------------------------------------------------------
@@ -60,6 +105,9 @@ _CHILD = "XENTCY_ISOLATED_CHILD"
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "isolated: run in a subprocess, so that a crash fails the test instead of the run"
+    )
+    config.addinivalue_line(
+        "markers", "cpu_core_only: the numpy_backend fixture runs it on the CPU core, not on cuda_host"
     )
 
 

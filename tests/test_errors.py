@@ -9,6 +9,9 @@ import pytest
 
 import xentcy as xc
 
+# NumPy arrays on the CPU core, and on the CUDA backend through its host-compiled kernels
+pytestmark = pytest.mark.usefixtures("numpy_backend")
+
 rng = np.random.default_rng(0)
 A = rng.standard_normal((4, 3))
 Y = np.array([0, 2, 1, 2])
@@ -37,7 +40,7 @@ softmax_family = pytest.mark.parametrize(
     pytest.param(np.arange(12).reshape(4, 3), id="int64"),
     pytest.param(np.ones((4, 3), dtype=bool), id="bool"),
     pytest.param(A.astype(np.complex128), id="complex128"),
-    pytest.param(A.astype(np.float16), id="float16"),
+    pytest.param(A.astype(np.float16), id="float16", marks=pytest.mark.cpu_core_only),
     pytest.param(A.astype(np.longdouble), id="longdouble",
                  marks=pytest.mark.skipif(np.dtype(np.longdouble) == np.float64,
                                           reason="longdouble is float64 here")),
@@ -51,7 +54,7 @@ def test_logits_of_unsupported_dtype_is_type_error(fn, logits):
 @pytest.mark.parametrize("x", [
     pytest.param(np.arange(12).reshape(4, 3), id="int64"),
     pytest.param(A.astype(np.complex64), id="complex64"),
-    pytest.param(A.astype(np.float16), id="float16"),
+    pytest.param(A.astype(np.float16), id="float16", marks=pytest.mark.cpu_core_only),
 ])
 def test_softmax_family_input_of_unsupported_dtype_is_type_error(fn, x):
     with pytest.raises(TypeError, match=r"\bx\b"):

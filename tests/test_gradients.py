@@ -11,6 +11,9 @@ import pytest
 
 import xentcy as xc
 
+# NumPy arrays on the CPU core, and on the CUDA backend through its host-compiled kernels
+pytestmark = pytest.mark.usefixtures("numpy_backend")
+
 H = 1e-5  # central differences: truncation ~H**2, rounding ~1e-16 / H
 
 

@@ -14,6 +14,9 @@ import reference as ref
 
 import xentcy as xc
 
+# NumPy arrays on the CPU core, and on the CUDA backend through its host-compiled kernels
+pytestmark = pytest.mark.usefixtures("numpy_backend")
+
 DTYPES = pytest.mark.parametrize("dtype", [np.float32, np.float64],
                                  ids=["float32", "float64"])
 

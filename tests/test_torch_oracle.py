@@ -15,6 +15,9 @@ import pytest
 
 import xentcy as xc
 
+# NumPy arrays on the CPU core, and on the CUDA backend through its host-compiled kernels
+pytestmark = pytest.mark.usefixtures("numpy_backend")
+
 torch = pytest.importorskip("torch", reason="torch is the oracle of this module")
 F = torch.nn.functional
 

@@ -9,6 +9,9 @@ import pytest
 
 import xentcy as xc
 
+# NumPy arrays on the CPU core, and on the CUDA backend through its host-compiled kernels
+pytestmark = pytest.mark.usefixtures("numpy_backend")
+
 A = np.array([[2.0, 1.0, 0.1],
               [0.1, 2.0, 1.9]])
 Y_ONE_HOT = np.array([[0.0, 1.0, 0.0],
