@@ -89,31 +89,30 @@ def cuda_include_dir() -> Path:
 
 
 def launch_bounds(source: str, names: list[str]) -> dict[str, int]:
-    """Each instantiation's __launch_bounds__, read from the kernel templates of ``source``."""
+    """Each instantiation's __launch_bounds__ (1024 without one), read from the templates of ``source``."""
     kernels = {}
-    pattern = r"template\s*<([^>]*)>\s*__global__\s+void\s+__launch_bounds__\((\w+)\)\s*(\w+)\s*\("
+    pattern = r"(?:template\s*<([^>]*)>\s*)?__global__\s+void\s+(?:__launch_bounds__\((\w+)\)\s*)?(\w+)\s*\("
     for m in re.finditer(pattern, source):
-        params = [p.split()[-1] for p in m.group(1).split(",")]
-        kernels[m.group(3)] = (params, m.group(2))
+        params = [p.split()[-1] for p in (m.group(1) or "").split(",") if p.strip()]
+        kernels[m.group(3)] = (params, m.group(2) or "1024")
     bounds = {}
     for name in names:
         base, _, args = name.partition("<")
         params, bound = kernels[base]
-        values = [a.strip() for a in args.rstrip(">").split(",")]
+        values = [a.strip() for a in args.rstrip(">").split(",") if a.strip()]
         bounds[name] = int(values[params.index(bound)] if bound in params else bound)
     return bounds
 
 
-def translation_unit() -> str:
-    """cross_entropy.cu between the host header and the table of its instantiations."""
-    names = _cuda.name_expressions()
-    bounds = launch_bounds(_cuda.kernel_source(), names)
+def translation_unit(source_file: Path, names: list[str]) -> str:
+    """A .cu file between the host header and the table of its instantiations ``names``."""
+    bounds = launch_bounds(source_file.read_text(), names)
     table = "".join(
         f'    {{"{name}", {bounds[name]}, &cuda_host::launch_entry<&{name}>}},\n' for name in names
     )
     return (
         '#include "cuda_on_cpu.h"\n'
-        f'#include "{_cuda.SOURCE_FILE}"\n'
+        f'#include "{source_file}"\n'
         '#include "launch.h"\n\n'
         f"static const cuda_host::Entry cuda_host_entries[] = {{\n{table}}};\n"
         "CUDA_HOST_TABLE(cuda_host_entries)\n"
@@ -135,19 +134,22 @@ def _flags(asan: bool, include: Path) -> tuple[list[str], list[str]]:
     return compile_flags, link
 
 
-def build(asan: bool | None = None) -> Path:
-    """The host library (built once per source hash and flavour): its path."""
+def build(asan: bool | None = None, source_file: Path | None = None, names: list[str] | None = None) -> Path:
+    """The host library of ``source_file``'s instantiations ``names`` (default: xentcy's kernels),
+    built once per source hash and flavour: its path."""
     asan = asan_requested() if asan is None else asan
+    if source_file is None:
+        source_file, names = _cuda.SOURCE_FILE, _cuda.name_expressions()
     cxx, include = compiler(), cuda_include_dir()
     compile_flags, link = _flags(asan, include)
-    unit = translation_unit()
+    unit = translation_unit(source_file, names)
     digest = hashlib.sha256()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    for part in (unit, _cuda.kernel_source(), version, " ".join(compile_flags + link), *(
+    for part in (unit, source_file.read_text(), version, " ".join(compile_flags + link), *(
         (HERE / s).read_text() for s in SOURCES
     )):
         digest.update(part.encode())
-    target = BUILD_DIR / f"{'asan' if asan else 'fast'}-{digest.hexdigest()[:16]}"
+    target = BUILD_DIR / f"{source_file.stem}-{'asan' if asan else 'fast'}-{digest.hexdigest()[:16]}"
     library = target / "libcuda_host.so"
     if library.exists():
         return library
@@ -180,8 +182,10 @@ class _Arg(ctypes.Structure):
 
 
 @functools.cache
-def library(asan: bool | None = None) -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(build(asan)))
+def library(asan: bool | None = None, source_file: Path | None = None, names: tuple[str, ...] | None = None
+            ) -> ctypes.CDLL:
+    """The loaded host library (see :func:`build`)."""
+    lib = ctypes.CDLL(str(build(asan, source_file, None if names is None else list(names))))
     lib.cuda_host_launch.argtypes = [
         ctypes.c_char_p, ctypes.POINTER(_Arg), ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
         ctypes.c_ulonglong, ctypes.c_int, ctypes.c_char_p, ctypes.c_ulong,
