@@ -316,3 +316,134 @@ def test_two_streams_give_the_same_results(dev):
     assert bool(dev.xp.all(g0 == g1))
     _, want = reference(a, y)
     assert_close(g0, want, 1e-5)
+
+
+# --- every branch of the launch plan, every instantiation -------------------------------------
+
+class Recording:
+    """A launcher that notes what it launches, and launches it."""
+
+    def __init__(self, inner):
+        self.inner, self.names = inner, set()
+
+    def device(self, x):
+        return self.inner.device(x)
+
+    def address(self, x):
+        return self.inner.address(x)
+
+    def launch(self, dtype_name, name, grid, block, args):
+        self.names.add(name)
+        self.inner.launch(dtype_name, name, grid, block, args)
+
+
+def _dtype(name):
+    if name == "bfloat16":
+        return np.dtype(pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes").bfloat16)
+    return np.dtype(name)
+
+
+def plan_cases(kernel, dtype_name):
+    """(N, C) that reach each instantiation the plan picks, and each group size from 1 to 1024:
+    the smallest C of each, N one row past a full block (a partly empty last block), plus the
+    streamed shapes of the issue and one C that is not a multiple of the vector width."""
+    seen = {}
+    for c in [*range(1, 70), *range(70, 17000, 7)]:
+        p = _cuda.plan(kernel, dtype_name, 1, c)
+        seen.setdefault((p.name, p.group), c)
+    cases = {(p_block // p_group + 1 if p_group <= 32 else 2, c)
+             for (name, p_group), c in seen.items()
+             for p_block in [_cuda.plan(kernel, dtype_name, 1, c).block]}
+    cases |= {(2, 20000), (1, 70000)} if dtype_name == "float32" else {(2, 32000)} if "16" in dtype_name else set()
+    return sorted(cases | {(3, 1001)})
+
+
+TOLERANCE = {"float64": 1e-11, "float32": 2e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
+
+
+@pytest.mark.parametrize("dtype_name", list(_cuda.C_TYPES))
+def test_every_instantiation_runs_and_matches_the_reference(dev, dtype_name):
+    dtype = _dtype(dtype_name)
+    if dtype not in _cuda.DTYPES:
+        pytest.skip(f"{dtype_name} is not supported here")
+    launcher = Recording(dev.backend.launcher)
+    backend = _cuda.CudaBackend(dev.xp, launcher)
+    rng = np.random.default_rng(11)
+    tol = TOLERANCE[dtype_name]
+    for kernel in ("index", "prob", "softmax", "logsumexp"):
+        for n, c in plan_cases(kernel, dtype_name):
+            a = (rng.standard_normal((n, c)) * 3).astype(dtype)
+            a64 = a.astype(np.float64)  # the reference sees the logits as rounded
+            m = a64.max(axis=1, keepdims=True)
+            lse = m[:, 0] + np.log(np.exp(a64 - m).sum(axis=1))
+            x = dev.asarray(a)
+            if kernel == "softmax":
+                assert_close(backend.softmax(dev.xp, x, 1, False).astype(np.float64), np.exp(a64 - lse[:, None]),
+                             None, atol_frac=tol)  # fmt: skip
+                assert_close(backend.softmax(dev.xp, x, 1, True).astype(np.float64), a64 - lse[:, None], tol)
+                continue
+            if kernel == "logsumexp":
+                assert_close(backend.logsumexp(dev.xp, x, 1, False).astype(np.float64), lse, tol)
+                continue
+            if kernel == "index":
+                t = rng.integers(0, c, n)
+                t[rng.random(n) < 0.2] = -100
+                t[0] = 0
+            else:
+                t = rng.random((n, c))
+                t = (t / t.sum(axis=1, keepdims=True)).astype(dtype)
+            call = _checks.check_cross_entropy(
+                dev.xp, x, dev.asarray(t), axis=1, weight=None, ignore_index=-100, label_smoothing=0.1,
+                reduction="sum", dtypes=_cuda.DTYPES,
+            )  # fmt: skip
+            losses, grad = backend.cross_entropy_rows(call, want_grad=True, out=None, grad_scale=1.0)
+            want_losses, want_grad = reference(a64, t.astype(np.float64) if kernel == "prob" else t, eps=0.1,
+                                               reduction="none")  # fmt: skip
+            assert_close(losses, want_losses, tol)
+            assert_close(grad.astype(np.float64), want_grad, None, atol_frac=tol)
+    planned = {_cuda.plan(k, dtype_name, n, c).name for k in ("index", "prob", "softmax", "logsumexp")
+               for n, c in plan_cases(k, dtype_name)}  # fmt: skip
+    assert planned == set(_cuda.name_expressions((dtype_name,)))  # the cases reach every instantiation
+    assert launcher.names == planned
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_scale_by_pointer_equals_scale_by_value(dev, dtype_name):
+    rng = np.random.default_rng(12)
+    for c in (10, 1000, 20000):
+        a, y = random_case(rng, 6, c, dtype_name)
+        q = rng.random((6, c)).astype(dtype_name)
+        for t in (y, q):
+            call = _checks.check_cross_entropy(
+                dev.xp, dev.asarray(a), dev.asarray(t), axis=1, weight=None, ignore_index=-100,
+                label_smoothing=0.0, reduction="mean", dtypes=_cuda.DTYPES,
+            )  # fmt: skip
+            by_value = dev.backend.cross_entropy_rows(call, want_grad=True, out=None, grad_scale=0.25)
+            by_pointer = dev.backend.cross_entropy_rows(call, want_grad=True, out=None,
+                                                        grad_scale=dev.asarray(np.asarray(0.25)))  # fmt: skip
+            zero = dev.backend.cross_entropy_rows(call, want_grad=True, out=None,
+                                                  grad_scale=dev.asarray(np.asarray(0.0)))  # fmt: skip
+            for got, want in zip(by_pointer, by_value):
+                np.testing.assert_array_equal(to_numpy(got), to_numpy(want))
+            _, want_grad = reference(a, t, reduction="sum")
+            assert_close(by_value[1], 0.25 * want_grad, 1e-5 if dtype_name == "float32" else 1e-12)
+            assert not np.any(to_numpy(zero[1]))
+
+
+def test_nonfinite_logits_in_every_kernel_shape(dev):
+    for c in (3, 100, 1000, 3000, 20000):
+        a = np.random.default_rng(c).standard_normal((5, c)).astype(np.float32)
+        a[0, 1] = np.inf
+        a[1, :] = -np.inf
+        a[2, 2] = np.nan
+        a[3, 0] = -np.inf  # a class masked out; row 3's target is 1
+        y = np.array([0, 0, 0, 1, 2])
+        losses = to_numpy(xc.cross_entropy(dev.asarray(a), dev.asarray(y), reduction="none"))
+        assert np.isnan(losses[0]) or np.isinf(losses[0])  # +inf logit: inf or NaN (docs/math.md)
+        assert np.isinf(losses[1]) or np.isnan(losses[1])
+        assert np.isnan(losses[2])
+        want, _ = reference(a[3:].astype(np.float64), y[3:], reduction="none")
+        assert_close(losses[3:], want, 1e-5)
+        _, grad = xc.loss_and_grad(dev.asarray(a[3:]), dev.asarray(y[3:]))
+        assert float(to_numpy(grad)[0, 0]) == 0.0  # a masked class has no gradient
+        assert np.isfinite(to_numpy(grad)).all()
