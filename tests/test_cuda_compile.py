@@ -137,3 +137,51 @@ def test_plans_cover_the_rows_within_the_launch_bounds(dtype_name, num_classes):
 def test_small_rows_take_a_warp_or_less():
     for num_classes in (10, 100, 1000, 1024):
         assert _cuda.plan("index", "float32", 65536, num_classes).group <= 32
+
+
+# The plan, decided (benchmarks/gpu-notes.md, "Design"): a row of up to 32 vectors takes a
+# group of up to a warp, one vector a thread; a longer row the smallest group from a warp up
+# whose threads hold it in registers with a tier's NV vectors, where that tier's launch bound
+# allows the block; longer rows are streamed by 1024 threads. (dtype, C) -> (kernel, G, block).
+PLAN = [
+    ("float32", 1, "xentcy_index_cached<float, 1, 1024>", 1, 256),
+    ("float32", 4, "xentcy_index_cached<float, 1, 1024>", 1, 256),
+    ("float32", 5, "xentcy_index_cached<float, 1, 1024>", 2, 256),
+    ("float32", 10, "xentcy_index_cached<float, 1, 1024>", 4, 256),
+    ("float32", 128, "xentcy_index_cached<float, 1, 1024>", 32, 256),
+    ("float32", 129, "xentcy_index_cached<float, 2, 1024>", 32, 256),
+    ("float32", 512, "xentcy_index_cached<float, 4, 512>", 32, 256),
+    ("float32", 1000, "xentcy_index_cached<float, 8, 256>", 32, 256),
+    ("float32", 1025, "xentcy_index_cached<float, 8, 256>", 64, 64),
+    ("float32", 3000, "xentcy_index_cached<float, 8, 256>", 128, 128),
+    ("float32", 8192, "xentcy_index_cached<float, 8, 256>", 256, 256),
+    # a (4, 1024) tier would cache these, but spills at the 64 registers of a 1024-thread bound
+    ("float32", 8193, "xentcy_index_streamed<float>", 1024, 1024),
+    ("float32", 16384, "xentcy_index_streamed<float>", 1024, 1024),
+    ("float32", 32000, "xentcy_index_streamed<float>", 1024, 1024),
+    ("float64", 4096, "xentcy_index_cached<double, 8, 256>", 256, 256),
+    ("float64", 4097, "xentcy_index_streamed<double>", 1024, 1024),
+    ("float16", 8192, "xentcy_index_cached<__half, 4, 256>", 256, 256),
+    ("float16", 16384, "xentcy_index_cached<__half, 2, 1024>", 1024, 1024),
+    ("bfloat16", 16385, "xentcy_index_streamed<__nv_bfloat16>", 1024, 1024),
+    ("bfloat16", 32000, "xentcy_index_streamed<__nv_bfloat16>", 1024, 1024),
+]
+
+
+@pytest.mark.parametrize("dtype_name, num_classes, name, group, block", PLAN)
+def test_the_plan_picks_the_decided_kernel_and_group(dtype_name, num_classes, name, group, block):
+    p = _cuda.plan("index", dtype_name, 1000, num_classes)
+    assert (p.name, p.group, p.block) == (name, group, block)
+    assert p.grid == -(-1000 // (block // group))
+
+
+def test_cached_rows_take_at_most_256_threads_except_the_one_vector_and_two_vector_tiers():
+    """A 512-thread group is never planned, and a 1024-thread cached group only where a tier of
+    one or two vectors a thread allows it (half types; float32 probabilities)."""
+    for kernel in ("index", "prob", "softmax"):
+        for dtype_name in _cuda.C_TYPES:
+            for c in range(1, 140_000, 13):
+                p = _cuda.plan(kernel, dtype_name, 1, c)
+                assert p.group != 512
+                if "_cached<" in p.name and p.group == 1024:
+                    assert int(p.name.split(", ")[1]) <= 2, (kernel, dtype_name, c, p)
