@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CPU core once more, built with AddressSanitizer and UndefinedBehaviorSanitizer in a
 # directory of its own, and the NumPy cases of the conformance, fuzz, error and reliability
-# suites run against that build, with the sanitizer runtime preloaded. Any report stops the
+# suites run against that build, with the sanitizer runtime preloaded; so do their cuda_host
+# cases, on an ASan build of the CUDA kernels for the CPU (tests/cuda_host). Any report stops the
 # process (abort_on_error, -fno-sanitize-recover=all), which fails the run.
 #
 #     scripts/sanitize.sh                       # build, then test (from an environment with the test extras)
@@ -38,6 +39,8 @@ if grep -q "has no OpenMP" "$out/build.log"; then
 fi
 unset XENTCY_EXTRA_FLAGS
 echo "sanitized core: $(realpath "$out"/xentcy/_cpu/_core*.so)"
+# the CUDA kernels on the CPU (tests/cuda_host), built with ASan too
+echo "sanitized CUDA host kernels: $(python -c "import sys; sys.path.insert(0, 'tests'); import cuda_host; print(cuda_host.build(asan=True))")"
 fi
 [[ "$step" == all || "$step" == test ]] || exit 0
 
@@ -47,10 +50,11 @@ asan=$(gcc -print-file-name=libasan.so)
 # detect_leaks=0: the interpreter's own allocations at exit are not ours
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:verify_asan_link_order=0:strict_string_checks=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-export XENTCY_SANITIZE=1 XENTCY_EXPECT_CORE="$core"
+export XENTCY_SANITIZE=1 XENTCY_EXPECT_CORE="$core" XENTCY_CUDA_HOST_ASAN=1
 export XENTCY_FUZZ_EXAMPLES="${XENTCY_FUZZ_EXAMPLES:-500}"
 # PYTHONSAFEPATH: `python -m` would put the source tree (and its unsanitized core) first
 LD_PRELOAD="$asan" PYTHONSAFEPATH=1 PYTHONPATH="$(realpath "$out")" python -m pytest -q -p no:cacheprovider \
     --durations=5 -k "not cupy and not torch and not jax and not dask" \
     tests/test_worked_example.py tests/test_conformance.py tests/test_errors.py tests/test_edge_cases.py \
-    tests/test_numpy_layouts.py tests/test_gradients.py tests/test_reliability.py tests/test_fuzz.py
+    tests/test_numpy_layouts.py tests/test_gradients.py tests/test_reliability.py tests/test_fuzz.py \
+    tests/test_cuda_backend.py tests/test_cuda_host.py

@@ -105,14 +105,18 @@ def launch_bounds(source: str, names: list[str]) -> dict[str, int]:
 
 
 def translation_unit(source_file: Path, names: list[str]) -> str:
-    """A .cu file between the host header and the table of its instantiations ``names``."""
+    """A .cu file between the host header and the table of its instantiations ``names``.
+
+    The .cu file is included by its name alone: build() puts a verbatim copy of it beside
+    the unit, so that the build's hash does not depend on where the source tree lies (the
+    sanitizer run imports a copy of xentcy from another folder)."""
     bounds = launch_bounds(source_file.read_text(), names)
     table = "".join(
         f'    {{"{name}", {bounds[name]}, &cuda_host::launch_entry<&{name}>}},\n' for name in names
     )
     return (
         '#include "cuda_on_cpu.h"\n'
-        f'#include "{source_file}"\n'
+        f'#include "{source_file.name}"\n'
         '#include "launch.h"\n\n'
         f"static const cuda_host::Entry cuda_host_entries[] = {{\n{table}}};\n"
         "CUDA_HOST_TABLE(cuda_host_entries)\n"
@@ -144,7 +148,8 @@ def build(asan: bool | None = None, source_file: Path | None = None, names: list
     compile_flags, link = _flags(asan, include)
     unit = translation_unit(source_file, names)
     digest = hashlib.sha256()
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
+                             env={k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}).stdout
     for part in (unit, source_file.read_text(), version, " ".join(compile_flags + link), *(
         (HERE / s).read_text() for s in SOURCES
     )):
@@ -156,9 +161,11 @@ def build(asan: bool | None = None, source_file: Path | None = None, names: list
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=BUILD_DIR, prefix="tmp-"))
     (work / "instances.cpp").write_text(unit)
+    shutil.copyfile(source_file, work / source_file.name)
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}  # no sanitizer runtime in the compiler
     jobs = [
         subprocess.Popen([cxx, *compile_flags, "-c", str(src), "-o", str(work / f"{src.stem}.o")],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         for src in (HERE / "runtime.cpp", work / "instances.cpp")
     ]  # fmt: skip
     for job in jobs:
@@ -166,7 +173,7 @@ def build(asan: bool | None = None, source_file: Path | None = None, names: list
         if job.returncode != 0:
             raise RuntimeError(f"building the host kernels failed:\n{' '.join(job.args)}\n{log}")
     subprocess.run([cxx, *link, "-o", str(work / "libcuda_host.so"), str(work / "runtime.o"),
-                    str(work / "instances.o")], check=True, capture_output=True)  # fmt: skip
+                    str(work / "instances.o")], check=True, capture_output=True, env=env)  # fmt: skip
     try:
         work.rename(target)
     except OSError:  # built meanwhile by another process

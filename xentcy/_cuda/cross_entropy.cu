@@ -17,9 +17,9 @@
 //   *_streamed<T>:    any C; pass 1 keeps an online max and sum, pass 2 reads the row again
 //                     (mostly from L2) and writes: two reads and one write at most.
 //
-// Numerics mirror the CPU core (xentcy/_cpu/_core.pyx): with m = max_c A_c (0 where that
+// Numerics mirror the CPU core (xentcy/_cpu/xent_rows.h): with m = max_c A_c (0 where that
 // max is not finite) and s = sum_c exp(A_c - m), the loss of class c is (m - A_c) + log s,
-// both terms >= 0. Half types accumulate in float; per-row losses are written as double.
+// both terms >= 0; s is held split (add_term, log_sum) so that confident rows keep their digits. Half types accumulate in float; per-row losses are written as double.
 // Reductions are fixed trees of shuffles and shared memory: results do not change from
 // run to run, and there are no floating-point atomics.
 
@@ -59,6 +59,8 @@ __device__ __forceinline__ float acc_exp(float x) { return expf(x); }
 __device__ __forceinline__ double acc_exp(double x) { return exp(x); }
 __device__ __forceinline__ float acc_log(float x) { return logf(x); }
 __device__ __forceinline__ double acc_log(double x) { return log(x); }
+__device__ __forceinline__ float acc_log1p(float x) { return log1pf(x); }
+__device__ __forceinline__ double acc_log1p(double x) { return log1p(x); }
 
 // The gradient's factor: a value passed by the launcher, or one left on the device.
 __device__ __forceinline__ double scale_of(double value, const double* ptr) { return ptr != nullptr ? *ptr : value; }
@@ -71,6 +73,30 @@ template <typename A> __device__ __forceinline__ A shift_of(A m) {
 
 // The larger of two values; like the CPU core's `a > m`, a NaN never becomes the max.
 template <typename A> __device__ __forceinline__ A max_of(A m, A x) { return x > m ? x : m; }
+
+// s = sum_c exp(A_c - m) is held split as (k, delta): k the terms with A_c = m (each exactly 1),
+// delta the sum of the rest. A confident row has s = 1 + delta with delta tiny, where s itself
+// rounds to 1 and log s and 1 - p_y lose every digit of the (tiny) loss and target gradient;
+// from the split, log s = log k + log1p(delta / k), and 1 - p_c = ((k - 1) + delta) / s for a
+// class at the max, both without cancellation.
+template <typename A> __device__ __forceinline__ void add_term(A& ones, A& delta, A x, A shift, A e) {
+    const bool at_max = x == shift;  // selects, not branches: the loops stay unrolled in registers
+    ones += at_max ? A(1) : A(0);
+    delta += at_max ? A(0) : e;
+}
+
+template <typename A> __device__ __forceinline__ A log_sum(A ones, A delta) {
+    return ones > A(0) ? acc_log(ones) + acc_log1p(delta / ones) : acc_log(delta);
+}
+
+// p_c sum_k w_k q_k - w_c q_c for e = exp(A_c - m): at the max (e = 1, p_c near 1 in a confident
+// row) as p_c (mass - w_c q_c) - w_c q_c (1 - p_c), 1 - p_c from the split sum.
+template <typename A>
+__device__ __forceinline__ A grad_term(A e, A inv_s, A ones, A delta, A mass, A wq) {
+    const A p = e * inv_s;
+    if (e == A(1) && ones >= A(1)) return p * (mass - wq) - wq * (((ones - A(1)) + delta) * inv_s);
+    return p * mass - wq;
+}
 
 struct SumOp {
     template <typename A> __device__ __forceinline__ A operator()(A a, A b) const { return a + b; }
@@ -192,32 +218,40 @@ __device__ __forceinline__ A weight_of(const T* weight, int c) {
     return weight != nullptr ? to_acc(weight[c]) : A(1);
 }
 
-// Online max and sum: folds the values x (padding is -inf) into (m, s) with
-// s = sum exp(x - shift_of(m)). A rescale happens only when the max grows.
+// Online max and sum: folds the values x (padding is -inf) into (m, ones, delta), the split
+// sum_c exp(x - shift_of(m)). A rescale happens only when the shift changes.
 template <typename A, int K>
-__device__ __forceinline__ void online_fold(A& m, A& s, const A (&x)[K]) {
+__device__ __forceinline__ void online_fold(A& m, A& ones, A& delta, const A (&x)[K]) {
     A m_new = m;
 #pragma unroll
     for (int i = 0; i < K; ++i) m_new = max_of(m_new, x[i]);
     if (m_new != m) {
-        // s == 0 (nothing yet, or only -inf): nothing to rescale, and 0 * inf would be NaN
-        if (s != A(0)) s *= acc_exp(shift_of(m) - shift_of(m_new));
+        if (shift_of(m) != shift_of(m_new)) {  // the terms so far fall below the new max
+            const A s = ones + delta;
+            // s == 0 (nothing yet, or only -inf): nothing to rescale, and 0 * inf would be NaN
+            delta = s != A(0) ? s * acc_exp(shift_of(m) - shift_of(m_new)) : A(0);
+            ones = A(0);
+        }
         m = m_new;
     }
     const A shift = shift_of(m);
 #pragma unroll
-    for (int i = 0; i < K; ++i) s += acc_exp(x[i] - shift);
+    for (int i = 0; i < K; ++i) add_term(ones, delta, x[i], shift, acc_exp(x[i] - shift));
 }
 
-// Combines the threads' online (m, s) into the row's shift and sum.
+// Combines the threads' online (m, ones, delta) into the row's shift and split sum.
 template <typename A>
-__device__ __forceinline__ void combine_online(A m, A s, int G, A (*smem)[kMaxReduce], A& shift, A& sum) {
+__device__ __forceinline__ void combine_online(A m, A ones, A delta, int G, A (*smem)[kMaxReduce], A& shift,
+                                               A& ones_out, A& delta_out) {
     A v[1] = {m};
     group_reduce(v, G, MaxOp(), smem);
     shift = shift_of(v[0]);
-    A t[1] = {s != A(0) ? s * acc_exp(shift_of(m) - shift) : A(0)};
+    const bool at_max = shift_of(m) == shift;
+    const A s = ones + delta;
+    A t[2] = {at_max ? ones : A(0), at_max ? delta : (s != A(0) ? s * acc_exp(shift_of(m) - shift) : A(0))};
     group_reduce(t, G, SumOp(), smem);
-    sum = t[0];
+    ones_out = t[0];
+    delta_out = t[1];
 }
 
 // Per-row scalars of a class-index target y: q_c = (1 - eps) [c == y] + eps / C.
@@ -296,8 +330,8 @@ xentcy_index_cached(const T* logits, const long long* __restrict__ target, const
 
     const A shift = xentcy::cached_shift(x, G, smem);
 
-    // part = {s, sum_c w_c (m - A_c) (smoothing only), m - A_y}; x becomes exp(A_c - m)
-    A part[3] = {A(0), A(0), A(0)};
+    // part = {s as (ones, delta), sum_c w_c (m - A_c) (smoothing only), m - A_y}; x becomes exp(A_c - m)
+    A part[4] = {A(0), A(0), A(0), A(0)};
 #pragma unroll
     for (int k = 0; k < NV; ++k) {
 #pragma unroll
@@ -307,12 +341,12 @@ xentcy_index_cached(const T* logits, const long long* __restrict__ target, const
             x[k][i] = A(0);
             if (c < limit) {
                 x[k][i] = xentcy::acc_exp(xi - shift);
-                part[0] += x[k][i];
+                xentcy::add_term(part[0], part[1], xi, shift, x[k][i]);
                 if (eps != 0.0) {
                     const A w_c = xentcy::weight_of<T, A>(weight, c);
-                    if (w_c != A(0)) part[1] += w_c * (shift - xi);
+                    if (w_c != A(0)) part[2] += w_c * (shift - xi);
                 }
-                if (c == yi) part[2] = shift - xi;
+                if (c == yi) part[3] = shift - xi;
             }
         }
     }
@@ -324,9 +358,9 @@ xentcy_index_cached(const T* logits, const long long* __restrict__ target, const
     tg.smooth = eps / double(C);
     tg.w_y = (live && weight != nullptr) ? double(xentcy::to_acc(weight[y])) : 1.0;
     tg.w_sum = weight_sum != nullptr ? *weight_sum : double(C);
-    const double log_s = double(xentcy::acc_log(part[0]));
+    const double log_s = double(xentcy::log_sum(part[0], part[1]));
     if (slot.lane == 0)
-        loss[slot.row] = live ? tg.loss(double(part[2]), double(part[1]), log_s)
+        loss[slot.row] = live ? tg.loss(double(part[3]), double(part[2]), log_s)
                               : (bad ? xentcy::acc_nan(0.0) : 0.0);
     if (grad == nullptr) return;
 
@@ -335,7 +369,7 @@ xentcy_index_cached(const T* logits, const long long* __restrict__ target, const
     const double scale = xentcy::scale_of(scale_value, scale_ptr);
     const bool fill = !live || scale == 0.0;
     const A fill_value = bad ? xentcy::acc_nan(A(0)) : A(0);
-    const A inv_s = A(1) / part[0];
+    const A inv_s = A(1) / (part[0] + part[1]);
     const A mass = A(tg.mass());
     const A sc = A(scale);
     T* g = grad + slot.row * C;
@@ -348,7 +382,8 @@ xentcy_index_cached(const T* logits, const long long* __restrict__ target, const
             const int c = base + i;
             out[i] = fill_value;
             if (!fill && c < int(C))
-                out[i] = sc * (x[k][i] * inv_s * mass - xentcy::index_wq<T, A>(weight, c, yi, tg));
+                out[i] = sc * xentcy::grad_term(x[k][i], inv_s, part[0], part[1], mass,
+                                                xentcy::index_wq<T, A>(weight, c, yi, tg));
         }
         xentcy::store_vec(g, base, int(C), aligned != 0, out);
     }
@@ -377,7 +412,7 @@ xentcy_index_streamed(const T* logits, const long long* __restrict__ target, con
     const A neg_inf = -xentcy::acc_inf(A(0));
 
     // pass 1: online max and sum; the thread holding A_y keeps it
-    A m = neg_inf, s = A(0), a_y = A(0);
+    A m = neg_inf, ones = A(0), delta = A(0), a_y = A(0);
     bool has_y = false;
     for (int v0 = slot.lane; v0 < (live ? n_vec : 0); v0 += step) {
         A x[U][VEC];
@@ -385,7 +420,7 @@ xentcy_index_streamed(const T* logits, const long long* __restrict__ target, con
         for (int u = 0; u < U; ++u) xentcy::load_vec(a, (v0 + u * G) * VEC, limit, aligned != 0, neg_inf, x[u]);
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            xentcy::online_fold(m, s, x[u]);
+            xentcy::online_fold(m, ones, delta, x[u]);
             const int base = (v0 + u * G) * VEC;
             if (yi >= base && yi < base + VEC) {
 #pragma unroll
@@ -395,8 +430,8 @@ xentcy_index_streamed(const T* logits, const long long* __restrict__ target, con
             }
         }
     }
-    A shift, sum;
-    xentcy::combine_online(m, s, G, smem, shift, sum);
+    A shift, sum_ones, sum_delta;
+    xentcy::combine_online(m, ones, delta, G, smem, shift, sum_ones, sum_delta);
     A part[1] = {has_y ? shift - a_y : A(0)};
     xentcy::group_reduce(part, G, xentcy::SumOp(), smem);
 
@@ -413,7 +448,7 @@ xentcy_index_streamed(const T* logits, const long long* __restrict__ target, con
         const double scale = xentcy::scale_of(scale_value, scale_ptr);
         const bool fill = !live || scale == 0.0;
         const A fill_value = bad ? xentcy::acc_nan(A(0)) : A(0);
-        const A inv_s = A(1) / sum;
+        const A inv_s = A(1) / (sum_ones + sum_delta);
         const A mass = A(tg.mass());
         const A sc = A(scale);
         T* g = grad != nullptr && slot.active ? grad + slot.row * C : nullptr;
@@ -436,8 +471,9 @@ xentcy_index_streamed(const T* logits, const long long* __restrict__ target, con
                             if (w_c != A(0)) t[0] += w_c * (shift - x[u][i]);
                         }
                         if (!fill)
-                            out[i] = sc * (xentcy::acc_exp(x[u][i] - shift) * inv_s * mass -
-                                           xentcy::index_wq<T, A>(weight, c, yi, tg));
+                            out[i] = sc * xentcy::grad_term(xentcy::acc_exp(x[u][i] - shift), inv_s, sum_ones,
+                                                            sum_delta, mass,
+                                                            xentcy::index_wq<T, A>(weight, c, yi, tg));
                     }
                 }
                 if (g != nullptr) xentcy::store_vec(g, base, int(C), aligned != 0, out);
@@ -446,7 +482,7 @@ xentcy_index_streamed(const T* logits, const long long* __restrict__ target, con
         if (eps != 0.0) xentcy::group_reduce(t, G, xentcy::SumOp(), smem);
     }
     if (slot.active && slot.lane == 0) {
-        const double log_s = double(xentcy::acc_log(sum));
+        const double log_s = double(xentcy::log_sum(sum_ones, sum_delta));
         loss[slot.row] = live ? tg.loss(double(part[0]), double(t[0]), log_s)
                               : (bad ? xentcy::acc_nan(0.0) : 0.0);
     }
@@ -485,18 +521,18 @@ xentcy_prob_cached(const T* logits, const T* target, const T* __restrict__ weigh
 
     const A shift = xentcy::cached_shift(x, G, smem);
 
-    // part = {s, sum_c w_c q_c (m - A_c), sum_c w_c q_c}, zero-mass classes skipped
-    A part[3] = {A(0), A(0), A(0)};
+    // part = {s as (ones, delta), sum_c w_c q_c (m - A_c), sum_c w_c q_c}, zero-mass classes skipped
+    A part[4] = {A(0), A(0), A(0), A(0)};
 #pragma unroll
     for (int k = 0; k < NV; ++k) {
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
             const A xi = x[k][i];
             x[k][i] = xentcy::acc_exp(xi - shift);  // padding: exp(-inf) = 0
-            part[0] += x[k][i];
+            xentcy::add_term(part[0], part[1], xi, shift, x[k][i]);
             if (wq[k][i] != A(0)) {
-                part[1] += wq[k][i] * (shift - xi);
-                part[2] += wq[k][i];
+                part[2] += wq[k][i] * (shift - xi);
+                part[3] += wq[k][i];
             }
         }
     }
@@ -504,11 +540,12 @@ xentcy_prob_cached(const T* logits, const T* target, const T* __restrict__ weigh
     if (!slot.active) return;
 
     if (slot.lane == 0)
-        loss[slot.row] = xentcy::prob_loss(double(part[1]), double(part[2]), double(xentcy::acc_log(part[0])));
+        loss[slot.row] = xentcy::prob_loss(double(part[2]), double(part[3]),
+                                           double(xentcy::log_sum(part[0], part[1])));
     if (grad == nullptr) return;
 
     // dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c)
-    const A inv_s = A(1) / part[0];
+    const A inv_s = A(1) / (part[0] + part[1]);
     // read late: a value held from the kernel's start would cost registers the row needs
     const A sc = A(xentcy::scale_of(scale_value, scale_ptr));
     const bool zero = sc == A(0);
@@ -518,7 +555,7 @@ xentcy_prob_cached(const T* logits, const T* target, const T* __restrict__ weigh
         A out[VEC];
 #pragma unroll
         for (int i = 0; i < VEC; ++i)
-            out[i] = zero ? A(0) : sc * (x[k][i] * inv_s * part[2] - wq[k][i]);
+            out[i] = zero ? A(0) : sc * xentcy::grad_term(x[k][i], inv_s, part[0], part[1], part[3], wq[k][i]);
         xentcy::store_vec(g, (k * G + slot.lane) * VEC, int(C), aligned != 0, out);
     }
 }
@@ -543,7 +580,7 @@ xentcy_prob_streamed(const T* logits, const T* target, const T* __restrict__ wei
     const A one_minus_eps = A(1.0 - eps), smooth = A(eps / double(C));
 
     // pass 1: online max and sum of the logits, and sum_c w_c q_c
-    A m = neg_inf, s = A(0), mass[1] = {A(0)};
+    A m = neg_inf, ones = A(0), delta = A(0), mass[1] = {A(0)};
     for (int v0 = slot.lane; v0 < (slot.active ? n_vec : 0); v0 += step) {
         A x[U][VEC], qv[U][VEC];
 #pragma unroll
@@ -554,7 +591,7 @@ xentcy_prob_streamed(const T* logits, const T* target, const T* __restrict__ wei
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            xentcy::online_fold(m, s, x[u]);
+            xentcy::online_fold(m, ones, delta, x[u]);
             const int base = (v0 + u * G) * VEC;
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
@@ -565,12 +602,12 @@ xentcy_prob_streamed(const T* logits, const T* target, const T* __restrict__ wei
             }
         }
     }
-    A shift, sum;
-    xentcy::combine_online(m, s, G, smem, shift, sum);
+    A shift, sum_ones, sum_delta;
+    xentcy::combine_online(m, ones, delta, G, smem, shift, sum_ones, sum_delta);
     xentcy::group_reduce(mass, G, xentcy::SumOp(), smem);
 
     // pass 2: sum_c w_c q_c (m - A_c), and the gradient
-    const A inv_s = A(1) / sum;
+    const A inv_s = A(1) / (sum_ones + sum_delta);
     // read late: a value held from the kernel's start would cost registers the row needs
     const double scale = xentcy::scale_of(scale_value, scale_ptr);
     const A sc = A(scale);
@@ -594,7 +631,9 @@ xentcy_prob_streamed(const T* logits, const T* target, const T* __restrict__ wei
                 if (base + i < limit) {
                     const A wq = (one_minus_eps * qv[u][i] + smooth) * xentcy::weight_of<T, A>(weight, base + i);
                     if (wq != A(0)) t[0] += wq * (shift - x[u][i]);
-                    if (scale != 0.0) out[i] = sc * (xentcy::acc_exp(x[u][i] - shift) * inv_s * mass[0] - wq);
+                    if (scale != 0.0)
+                        out[i] = sc * xentcy::grad_term(xentcy::acc_exp(x[u][i] - shift), inv_s, sum_ones, sum_delta,
+                                                        mass[0], wq);
                 }
             }
             if (g != nullptr) xentcy::store_vec(g, base, int(C), aligned != 0, out);
@@ -602,7 +641,8 @@ xentcy_prob_streamed(const T* logits, const T* target, const T* __restrict__ wei
     }
     xentcy::group_reduce(t, G, xentcy::SumOp(), smem);
     if (slot.active && slot.lane == 0)
-        loss[slot.row] = xentcy::prob_loss(double(t[0]), double(mass[0]), double(xentcy::acc_log(sum)));
+        loss[slot.row] = xentcy::prob_loss(double(t[0]), double(mass[0]),
+                                           double(xentcy::log_sum(sum_ones, sum_delta)));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -628,20 +668,34 @@ xentcy_softmax_cached(const T* __restrict__ x_in, T* __restrict__ out, long long
                          -xentcy::acc_inf(A(0)), x[k]);
     const A shift = xentcy::cached_shift(x, G, smem);
 
-    A s[1] = {A(0)};
+    // s as (ones, delta) for float and double; one sum for the half types, where the split
+    // costs the 4-vector tier 12 bytes of spills on sm_80 (nvcc 13.0): their log_softmax of
+    // cached rows keeps log s's absolute error (half-precision outputs round far coarser)
+    constexpr bool split = sizeof(T) >= 4;
+    A s[2] = {A(0), A(0)};
 #pragma unroll
     for (int k = 0; k < NV; ++k) {
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
             const A e = xentcy::acc_exp(x[k][i] - shift);  // padding: exp(-inf) = 0
-            s[0] += e;
+            if constexpr (split) {
+                xentcy::add_term(s[0], s[1], x[k][i], shift, e);
+            } else {
+                s[1] += e;
+            }
             if (log_space == 0) x[k][i] = e;
         }
     }
-    xentcy::group_reduce(s, G, xentcy::SumOp(), smem);
+    if constexpr (split) {
+        xentcy::group_reduce(s, G, xentcy::SumOp(), smem);
+    } else {
+        A t[1] = {s[1]};
+        xentcy::group_reduce(t, G, xentcy::SumOp(), smem);
+        s[1] = t[0];
+    }
     if (!slot.active) return;
 
-    const A inv_s = A(1) / s[0], log_s = xentcy::acc_log(s[0]);
+    const A inv_s = A(1) / (s[0] + s[1]), log_s = xentcy::log_sum(s[0], s[1]);
 #pragma unroll
     for (int k = 0; k < NV; ++k) {
         A o[VEC];
@@ -667,18 +721,18 @@ xentcy_softmax_streamed(const T* __restrict__ x_in, T* __restrict__ out, long lo
     const int step = G * U;
     const A neg_inf = -xentcy::acc_inf(A(0));
 
-    A m = neg_inf, s = A(0);
+    A m = neg_inf, ones = A(0), delta = A(0);
     for (int v0 = slot.lane; v0 < end; v0 += step) {
         A x[U][VEC];
 #pragma unroll
         for (int u = 0; u < U; ++u)
             xentcy::load_vec(x_in + offset, (v0 + u * G) * VEC, limit, aligned != 0, neg_inf, x[u]);
 #pragma unroll
-        for (int u = 0; u < U; ++u) xentcy::online_fold(m, s, x[u]);
+        for (int u = 0; u < U; ++u) xentcy::online_fold(m, ones, delta, x[u]);
     }
-    A shift, sum;
-    xentcy::combine_online(m, s, G, smem, shift, sum);
-    const A inv_s = A(1) / sum, log_s = xentcy::acc_log(sum);
+    A shift, sum_ones, sum_delta;
+    xentcy::combine_online(m, ones, delta, G, smem, shift, sum_ones, sum_delta);
+    const A inv_s = A(1) / (sum_ones + sum_delta), log_s = xentcy::log_sum(sum_ones, sum_delta);
 
     for (int v0 = slot.lane; v0 < end; v0 += step) {
         A x[U][VEC];
@@ -715,16 +769,17 @@ xentcy_logsumexp(const T* __restrict__ x_in, T* __restrict__ out, long long n_ro
     const int step = G * U;
     const A neg_inf = -xentcy::acc_inf(A(0));
 
-    A m = neg_inf, s = A(0);
+    A m = neg_inf, ones = A(0), delta = A(0);
     for (int v0 = slot.lane; v0 < (slot.active ? n_vec : 0); v0 += step) {
         A x[U][VEC];
 #pragma unroll
         for (int u = 0; u < U; ++u)
             xentcy::load_vec(x_in + offset, (v0 + u * G) * VEC, limit, aligned != 0, neg_inf, x[u]);
 #pragma unroll
-        for (int u = 0; u < U; ++u) xentcy::online_fold(m, s, x[u]);
+        for (int u = 0; u < U; ++u) xentcy::online_fold(m, ones, delta, x[u]);
     }
-    A shift, sum;
-    xentcy::combine_online(m, s, G, smem, shift, sum);
-    if (slot.active && slot.lane == 0) out[slot.row] = xentcy::Convert<T>::from(shift + xentcy::acc_log(sum));
+    A shift, sum_ones, sum_delta;
+    xentcy::combine_online(m, ones, delta, G, smem, shift, sum_ones, sum_delta);
+    if (slot.active && slot.lane == 0)
+        out[slot.row] = xentcy::Convert<T>::from(shift + xentcy::log_sum(sum_ones, sum_delta));
 }
