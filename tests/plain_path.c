@@ -5,6 +5,9 @@
  *   plain_path xent  DTYPE A Y OUT N C EPS     per-row losses (double), then the gradient
  *                                             of the mean (1/N each row), of class indices Y
  *                                             (int64; -100 ignored)
+ *   plain_path xentq DTYPE A Q OUT N C EPS     the same for class probabilities Q (DTYPE)
+ *   plain_path lsm   DTYPE A OUT N C           log_softmax of each row
+ *   plain_path lse   DTYPE A OUT N C           logsumexp of each row (DTYPE)
  *
  * DTYPE is f32 or f64. Built by the test with the system C compiler.
  */
@@ -36,7 +39,7 @@ static void spill(const char* path, const void* p, size_t bytes, const char* mod
 int main(int argc, char** argv) {
     const xent_kernels* k = &xent_tables[xent_best_isa()];
     if (argc < 3 || XENT_X86) {
-        fprintf(stderr, "usage: plain_path exp|xent f32|f64 ... (a XENT_PLAIN build)\n");
+        fprintf(stderr, "usage: plain_path exp|xent|xentq|lsm|lse f32|f64 ... (a XENT_PLAIN build)\n");
         return 2;
     }
     int f64 = argv[2][1] == '6';
@@ -52,12 +55,36 @@ int main(int argc, char** argv) {
         spill(argv[4], out, n * item, "wb");
         return 0;
     }
+    if (argv[1][0] == 'l' && argc == 7) {
+        ptrdiff_t N = atol(argv[5]), C = atol(argv[6]);
+        int lse = argv[1][2] == 'e';
+        xent_args a = {0};
+        a.A = slurp(argv[3], N * C * item);
+        a.a_stride = C * item;
+        a.G = malloc(N * C * item);
+        a.g_stride = C * item;
+        a.out = malloc(N * item);
+        a.C = C;
+        a.log_space = 1;
+        void* scratch = malloc((C + C / 64 + 2) * item);
+        if (lse)
+            k->logsumexp[f64](&a, 0, N, scratch);
+        else
+            k->softmax[f64](&a, 0, N, scratch);
+        spill(argv[4], lse ? a.out : a.G, lse ? N * item : N * C * item, "wb");
+        return 0;
+    }
     if (argv[1][0] == 'x' && argc == 9) {
         ptrdiff_t N = atol(argv[6]), C = atol(argv[7]);
         xent_args a = {0};
         a.A = slurp(argv[3], N * C * item);
         a.a_stride = C * item;
-        a.y = slurp(argv[4], N * sizeof(ptrdiff_t));
+        if (argv[1][4] == 'q') {
+            a.Q = slurp(argv[4], N * C * item);
+            a.q_stride = C * item;
+        } else {
+            a.y = slurp(argv[4], N * sizeof(ptrdiff_t));
+        }
         a.w_sum = (double)C;
         a.eps = atof(argv[8]);
         a.scale = 1.0 / N;

@@ -104,3 +104,68 @@ def test_plain_path_losses_and_gradients_match_float64(driver, tmp_path, dtype, 
     rtol = 2e-6 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(losses, want_losses, rtol=rtol, atol=rtol)
     np.testing.assert_allclose(grad, want_grad, rtol=10 * rtol, atol=rtol / N)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("C", [3, 10, 1000, 70000])
+def test_plain_path_confident_rows_keep_their_digits(driver, tmp_path, dtype, C):
+    # the target far above the others (s = 1 + delta, delta ~1e-9..1e-30): the loss, the
+    # target's gradient, log_softmax there and logsumexp of the row shifted to a max of 0,
+    # against mpmath at 50 digits (tests/test_confident_rows.py does this for the x86 paths)
+    mp = pytest.importorskip("mpmath").mp
+    gen = np.random.default_rng(C)
+    bigs = (20.0, 40.0) if dtype == np.float32 else (40.0, 70.0)
+    N = len(bigs)
+    # the others on a grid where every A_c - m is exact in the dtype
+    grid = 2.0**-16 if dtype == np.float32 else 2.0**-45
+    A = np.round(gen.standard_normal((N, C)) / grid) * grid
+    y = gen.integers(0, C, N)
+    A[np.arange(N), y] = bigs
+    A = A.astype(dtype)
+    Q = np.zeros_like(A)
+    Q[np.arange(N), y] = 1
+    tag = "f32" if dtype == np.float32 else "f64"
+    (tmp_path / "a").write_bytes(A.tobytes())
+    (tmp_path / "y").write_bytes(y.astype(np.int64).tobytes())
+    (tmp_path / "q").write_bytes(Q.tobytes())
+    (tmp_path / "a0").write_bytes((A - A.max(axis=1, keepdims=True)).astype(dtype).tobytes())
+    got = {}
+    for name, args in [("index", ("xent", tmp_path / "y")), ("smoothing", ("xent", tmp_path / "y")),
+                       ("probability", ("xentq", tmp_path / "q"))]:
+        eps = 0.1 if name == "smoothing" else 0.0
+        run(driver, args[0], tag, tmp_path / "a", args[1], tmp_path / "out", N, C, eps)
+        out = (tmp_path / "out").read_bytes()
+        grad = np.frombuffer(out[8 * N:], dtype).reshape(N, C)
+        got[name] = (np.frombuffer(out[: 8 * N], np.float64), grad[np.arange(N), y] * N)
+    run(driver, "lsm", tag, tmp_path / "a", tmp_path / "out", N, C)
+    lsm = np.frombuffer((tmp_path / "out").read_bytes(), dtype).reshape(N, C)[np.arange(N), y]
+    run(driver, "lse", tag, tmp_path / "a0", tmp_path / "out", N, C)
+    lse0 = np.frombuffer((tmp_path / "out").read_bytes(), dtype)
+    rtol = 1e-6 if dtype == np.float32 else 1e-14
+    errs = {}
+
+    def err(what, got, want):
+        errs[what] = max(errs.get(what, 0.0), float(abs(mp.mpf(float(got)) - want) / abs(want)))
+
+    with mp.workdps(50):
+        for i in range(N):
+            a = [mp.mpf(float(v)) for v in A[i]]
+            m = max(a)
+            s = mp.fsum(mp.exp(v - m) for v in a)
+            lse = m + mp.log(s)
+            p_y = mp.exp(a[y[i]] - lse)
+            eps = mp.mpf(0.1)
+            want = {
+                "index": (lse - a[y[i]], p_y - 1),
+                # (1 - eps)(lse - A_y) + (eps / C) sum_c (lse - A_c); p_y - (1 - eps + eps / C)
+                "smoothing": ((1 - eps) * (lse - a[y[i]]) + eps / C * mp.fsum(lse - v for v in a),
+                              p_y - (1 - eps + eps / C)),
+                "probability": (lse - a[y[i]], p_y - 1),
+            }
+            for name, (loss, grad) in want.items():
+                err(f"{name} loss", got[name][0][i], loss)
+                err(f"{name} grad", got[name][1][i], grad)
+            err("log_softmax", lsm[i], a[y[i]] - lse)
+            err("logsumexp", lse0[i], mp.log(mp.fsum(mp.exp(v - m) for v in a)))
+    bad = {k: v for k, v in errs.items() if not v <= rtol}
+    assert not bad, f"relative errors above {rtol:g}: {bad}"

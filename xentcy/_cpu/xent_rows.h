@@ -8,6 +8,20 @@
  * Per row, with m = max_c A_c and s = sum_c exp(A_c - m) (a non-finite max
  * shifts by 0 instead), the loss term of class c is (m - A_c) + log s and the
  * gradient scale (p_c sum_k w_k q_k - w_c q_c), p_c = exp(A_c - m) / s.
+ *
+ * Confident rows: one class p at the max has the term exp(0) = 1 exactly, and
+ * s = 1 + delta, delta = sum_{c != p} exp(A_c - m) (which holds the other classes
+ * at the max, if any). delta is summed apart from that 1 (a float sum of 1 + delta
+ * keeps only ulp(1) of delta), and then
+ *   log s = log1p(delta), so -log p_p = log1p(delta), exact to a few ulp however
+ *     small (the loss of a confident row, log_softmax at its max);
+ *   p_p - 1 = -delta / s, so the gradient at p is
+ *     scale (sum_k w_k q_k - w_p q_p - sum_k w_k q_k delta / s)
+ *   with sum_k w_k q_k - w_p q_p = sum_{k != p} w_k q_k formed without cancellation:
+ *   (eps / C)(sum_k w_k - w_y) for class indices (p = y), summed apart from w_p q_p
+ *   for probabilities. Which class p is: the target y of a class-index row where A_y
+ *   is the max (other rows keep -log p_y >= log 2 and need nothing), else (probability
+ *   rows, log_softmax, logsumexp) the first one the max pass's lanes point to.
  */
 
 #include "xent_simd.h"
@@ -37,36 +51,59 @@ XI IV XN(lanes_below)(ptrdiff_t n) {
     return idx < (IV){0} + (XN(int_t))n;
 }
 
-/* sum_{c < n} exp(A_c - shift), the terms also into e unless it is NULL:
- * float partial sums per block, double across blocks. bounded: every
- * A_c - shift <= 0 or NaN (shift is the row's finite max). */
-XI double XN(sum_exp)(const T* a, ptrdiff_t n, T shift, T* e, const int bounded) {
-    V vs = XN(splat)(shift), x0, x1;
+/* The lane of class p in the vector of classes [c, c + W), where it is one of them (else none). */
+XI IV XN(lane_of)(ptrdiff_t p, ptrdiff_t c) {
+    return (size_t)(p - c) < (size_t)W ? XN(lane_is)(p - c) : (IV){0};
+}
+
+/* sum_{c < n, c != p} exp(A_c - shift) (p outside [0, n): every class), the terms (p's
+ * too) into e unless it is NULL: float partial sums per block, double across blocks.
+ * bounded: every A_c - shift <= 0 or NaN (shift is the row's finite max). */
+XI double XN(sum_exp)(const T* a, ptrdiff_t n, T shift, T* e, const int bounded, ptrdiff_t p) {
+    V vs = XN(splat)(shift), x0, x1, zero = XN(splat)(0);
     double s = 0.0;
 #define XENT_EXP(v) (bounded ? XN(exp_le0)(v) : XN(exp)(v))
     for (ptrdiff_t c0 = 0; c0 < n; c0 += BLK) {
         ptrdiff_t end = c0 + BLK < n ? c0 + BLK : n, c = c0;
-        V acc0 = XN(splat)(0), acc1 = XN(splat)(0);
-        for (; c + 2 * W <= end; c += 2 * W) {
-            x0 = XENT_EXP(XN(load)(a + c) - vs);
-            x1 = XENT_EXP(XN(load)(a + c + W) - vs);
-            acc0 += x0;
-            acc1 += x1;
-            if (e) {
-                XN(store)(e + c, x0);
-                XN(store)(e + c + W, x1);
+        /* the loop stops before the pair of vectors that holds p, which is summed on its own */
+        ptrdiff_t stop = p >= c0 && p < end ? c0 + (p - c0) / (2 * W) * (2 * W) : end;
+        V acc0 = zero, acc1 = zero;
+        for (;;) {
+            for (; c + 2 * W <= stop; c += 2 * W) {
+                x0 = XENT_EXP(XN(load)(a + c) - vs);
+                x1 = XENT_EXP(XN(load)(a + c + W) - vs);
+                acc0 += x0;
+                acc1 += x1;
+                if (e) {
+                    XN(store)(e + c, x0);
+                    XN(store)(e + c + W, x1);
+                }
             }
+            if (stop == end)
+                break;
+            if (c + 2 * W <= end) {
+                x0 = XENT_EXP(XN(load)(a + c) - vs);
+                x1 = XENT_EXP(XN(load)(a + c + W) - vs);
+                acc0 += XN(select)(XN(lane_is)(p - c), zero, x0);
+                acc1 += XN(select)(XN(lane_is)(p - c - W), zero, x1);
+                if (e) {
+                    XN(store)(e + c, x0);
+                    XN(store)(e + c + W, x1);
+                }
+                c += 2 * W;
+            }
+            stop = end;
         }
         for (; c + W <= end; c += W) {
             x0 = XENT_EXP(XN(load)(a + c) - vs);
-            acc0 += x0;
+            acc0 += XN(select)(XN(lane_of)(p, c), zero, x0);
             if (e)
                 XN(store)(e + c, x0);
         }
         if (c < end) {
             /* the padding is -inf: exp(-inf - shift) = 0 */
             x1 = XENT_EXP(XN(load_part)(a + c, end - c, -INFINITY) - vs);
-            acc1 += x1;
+            acc1 += XN(select)(XN(lane_of)(p, c), zero, x1);
             if (e)
                 XN(store_part)(e + c, x1, end - c);
         }
@@ -88,8 +125,22 @@ XI void XN(prefetch_row)(const T* next, ptrdiff_t C) {
         __builtin_prefetch(next + c, 0, XENT_PF_HINT);
 }
 
-/* max_c A_c: a NaN logit is never chosen (it shows up in the sum). */
-static XENT_TARGET T XN(row_max)(const T* a, ptrdiff_t C) {
+/* The first class c >= first, in steps of step, whose logit has the bits of lane l of acc
+ * (a max accumulator, whose lanes hold logits of those classes), or -1. */
+XI ptrdiff_t XN(find_bits)(const T* a, ptrdiff_t C, ptrdiff_t first, ptrdiff_t step, V acc, ptrdiff_t l) {
+    const XN(bits_t)* ab = (const XN(bits_t)*)a;
+    XN(bits_t) want = XN(bits_of)(acc[l]);
+    for (ptrdiff_t c = first; c < C; c += step)
+        if (ab[c] == want)
+            return c;
+    return -1;
+}
+
+/* max_c A_c: a NaN logit is never chosen (it shows up in the sum). Where pos, *pos is
+ * a class at a finite max (-1 where the max is not finite): y where A_y is the max
+ * (y >= 0), else, where find, the first class of the lane that holds the max (a search
+ * of C / 4W logits), else -1. */
+XI T XN(row_max_impl)(const T* a, ptrdiff_t C, ptrdiff_t* pos, ptrdiff_t y, int find) {
     V m0 = XN(splat)(-INFINITY), m1 = m0, m2 = m0, m3 = m0;
     ptrdiff_t c = 0;
     for (; c + 4 * W <= C; c += 4 * W) {
@@ -98,12 +149,53 @@ static XENT_TARGET T XN(row_max)(const T* a, ptrdiff_t C) {
         m2 = XN(max)(XN(load)(a + c + 2 * W), m2);
         m3 = XN(max)(XN(load)(a + c + 3 * W), m3);
     }
-    for (; c + W <= C; c += W)
+    /* the tails into accumulator (c / W) mod 4, as in the loop: lane l of accumulator j
+     * holds the max of the classes c = jW + l mod 4W */
+    if (c + W <= C) {
         m0 = XN(max)(XN(load)(a + c), m0);
-    if (c < C)
-        m1 = XN(max)(XN(load_part)(a + c, C - c, -INFINITY), m1);
-    return XN(hmax)(XN(max)(XN(max)(m0, m1), XN(max)(m2, m3)));
+        c += W;
+    }
+    if (c + W <= C) {
+        m1 = XN(max)(XN(load)(a + c), m1);
+        c += W;
+    }
+    if (c + W <= C) {
+        m2 = XN(max)(XN(load)(a + c), m2);
+        c += W;
+    }
+    if (c < C) {
+        V part = XN(load_part)(a + c, C - c, -INFINITY);
+        switch (c / W & 3) {
+        case 0: m0 = XN(max)(part, m0); break;
+        case 1: m1 = XN(max)(part, m1); break;
+        case 2: m2 = XN(max)(part, m2); break;
+        default: m3 = XN(max)(part, m3); break;
+        }
+    }
+    T m = XN(hmax)(XN(max)(XN(max)(m0, m1), XN(max)(m2, m3)));
+    if (pos) {
+        *pos = -1;
+        if (isfinite(m)) {
+            if (y >= 0 && a[y] == m) {
+                *pos = y;
+            } else if (find) {
+                V vm = XN(splat)(m);
+                ptrdiff_t l;
+                if ((l = XN(first_lane)(m0 == vm)) >= 0)
+                    *pos = XN(find_bits)(a, C, l, 4 * W, m0, l);
+                else if ((l = XN(first_lane)(m1 == vm)) >= 0)
+                    *pos = XN(find_bits)(a, C, W + l, 4 * W, m1, l);
+                else if ((l = XN(first_lane)(m2 == vm)) >= 0)
+                    *pos = XN(find_bits)(a, C, 2 * W + l, 4 * W, m2, l);
+                else if ((l = XN(first_lane)(m3 == vm)) >= 0)
+                    *pos = XN(find_bits)(a, C, 3 * W + l, 4 * W, m3, l);
+            }
+        }
+    }
+    return m;
 }
+
+static XENT_TARGET T XN(row_max)(const T* a, ptrdiff_t C) { return XN(row_max_impl)(a, C, NULL, -1, 0); }
 
 /* w_c q_c for the vector of classes at c: q_c = onem Q_c + smooth (q NULL: smooth),
  * w_c = 1 where w is NULL. */
@@ -119,13 +211,15 @@ XI V XN(target_mass_part)(const T* q, const T* w, ptrdiff_t c, ptrdiff_t n, T on
 }
 
 /* The target mass of a probability row, gathered in the exp pass: t += w_c q_c (m - A_c)
- * over the classes of nonzero mass (A_c may be -inf where the mass is 0), tot += w_c q_c. */
+ * over the classes of nonzero mass (A_c may be -inf where the mass is 0), total += w_c q_c
+ * but for the class p at the max, whose w_p q_p is wq_p (0 where there is none). */
 typedef struct {
     const T* q;
     const T* w;
     const T* next_q;  /* the next row of Q, prefetched meanwhile (NULL: left to the hardware) */
     T onem, smooth;
     double t, total;
+    T wq_p;
 } XN(mass_t);
 
 XI void XN(mass_acc)(V* acc_t, V* acc_m, V wq, V vm, V a) {
@@ -133,53 +227,96 @@ XI void XN(mass_acc)(V* acc_t, V* acc_m, V wq, V vm, V a) {
     *acc_m += wq;
 }
 
+/* mass_acc, but lane l (l outside [0, W): none) only into t and into mass->wq_p. */
+XI void XN(mass_acc_but)(XN(mass_t)* mass, V* acc_t, V* acc_m, V wq, V vm, V a, ptrdiff_t l) {
+    IV lane = (size_t)l < (size_t)W ? XN(lane_is)(l) : (IV){0};
+    *acc_t += XN(select)(wq != 0, wq * (vm - a), XN(splat)(0));
+    if ((size_t)l < (size_t)W)
+        mass->wq_p = wq[l];
+    *acc_m += XN(select)(lane, XN(splat)(0), wq);
+}
+
 /* g_c = k1 e_c - scale w_c q_c: one vector of a gradient row (one expression for every
  * loop that forms it, so that a row's gradient is the same whichever loop wrote it). */
 XI V XN(grad_expr)(V e, V mass, T k1, T scale) { return e * k1 - mass * scale; }
 
-/* sum_c exp(A_c - m) for the row's finite max m, the terms into e unless it is
- * NULL, four vectors at a time; the next row (next, same length) is prefetched
- * meanwhile. Float partial sums per block of BLK classes, double across blocks.
- * mass (an always_inline constant pointer, NULL or not): the target mass too,
- * so that A and Q are each read once in this pass. */
+/* One vector of the exp pass, classes [c, c + W), its lane l (the class p) kept out of
+ * the sums: the term (stored into e all the same), and its mass where mass. */
+XI V XN(exp_term_but)(const T* a, ptrdiff_t c, V vm, T* e, XN(mass_t)* mass, V* mt, V* mm, ptrdiff_t l) {
+    V a0 = XN(load)(a + c), x = XN(exp_le0)(a0 - vm);
+    if (e)
+        XN(store)(e + c, x);
+    if (mass)
+        XN(mass_acc_but)(mass, mt, mm, XN(target_mass)(mass->q, mass->w, c, mass->onem, mass->smooth), vm, a0, l);
+    return XN(select)((size_t)l < (size_t)W ? XN(lane_is)(l) : (IV){0}, XN(splat)(0), x);
+}
+
+/* sum_{c != p} exp(A_c - m) for the row's finite max m (p outside [0, C): every class),
+ * the terms (p's too) into e unless it is NULL, four vectors at a time; the next row
+ * (next, same length) is prefetched meanwhile. Float partial sums per block of BLK
+ * classes, double across blocks. mass (an always_inline constant pointer, NULL or not):
+ * the target mass too, so that A and Q are each read once in this pass. The four vectors
+ * that hold p go through the loop's one extra iteration, which leaves p out: no
+ * instruction is added per class. */
 XI double XN(sum_exp_le0_impl)(
-    const T* a, ptrdiff_t C, T m, T* e, const T* next, XN(mass_t)* mass
+    const T* a, ptrdiff_t C, T m, T* e, const T* next, XN(mass_t)* mass, ptrdiff_t p
 ) {
     V vm = XN(splat)(m), x0, x1, x2, x3, a0, a1, a2, a3, zero = XN(splat)(0);
     double s = 0.0;
     for (ptrdiff_t c0 = 0; c0 < C; c0 += BLK) {
         ptrdiff_t end = c0 + BLK < C ? c0 + BLK : C, c = c0;
+        ptrdiff_t stop = p >= c0 && p < end ? c0 + (p - c0) / (4 * W) * (4 * W) : end;
         V acc0 = zero, acc1 = zero, acc2 = zero, acc3 = zero, mt0 = zero, mt1 = zero, mm0 = zero, mm1 = zero;
-        for (; c + 4 * W <= end; c += 4 * W) {
-            XN(prefetch4)(next, c);
-            if (mass && mass->next_q)
-                XN(prefetch4)(mass->next_q, c);
-            a0 = XN(load)(a + c);
-            a1 = XN(load)(a + c + W);
-            a2 = XN(load)(a + c + 2 * W);
-            a3 = XN(load)(a + c + 3 * W);
-            x0 = XN(exp_le0)(a0 - vm);
-            x1 = XN(exp_le0)(a1 - vm);
-            x2 = XN(exp_le0)(a2 - vm);
-            x3 = XN(exp_le0)(a3 - vm);
-            acc0 += x0;
-            acc1 += x1;
-            acc2 += x2;
-            acc3 += x3;
-            if (e) {
-                XN(store)(e + c, x0);
-                XN(store)(e + c + W, x1);
-                XN(store)(e + c + 2 * W, x2);
-                XN(store)(e + c + 3 * W, x3);
+        for (;;) {
+            for (; c + 4 * W <= stop; c += 4 * W) {
+                XN(prefetch4)(next, c);
+                if (mass && mass->next_q)
+                    XN(prefetch4)(mass->next_q, c);
+                a0 = XN(load)(a + c);
+                a1 = XN(load)(a + c + W);
+                a2 = XN(load)(a + c + 2 * W);
+                a3 = XN(load)(a + c + 3 * W);
+                x0 = XN(exp_le0)(a0 - vm);
+                x1 = XN(exp_le0)(a1 - vm);
+                x2 = XN(exp_le0)(a2 - vm);
+                x3 = XN(exp_le0)(a3 - vm);
+                acc0 += x0;
+                acc1 += x1;
+                acc2 += x2;
+                acc3 += x3;
+                if (e) {
+                    XN(store)(e + c, x0);
+                    XN(store)(e + c + W, x1);
+                    XN(store)(e + c + 2 * W, x2);
+                    XN(store)(e + c + 3 * W, x3);
+                }
+                if (mass) {
+                    XN(mass_acc)(&mt0, &mm0, XN(target_mass)(mass->q, mass->w, c, mass->onem, mass->smooth), vm, a0);
+                    XN(mass_acc)(&mt1, &mm1, XN(target_mass)(mass->q, mass->w, c + W, mass->onem, mass->smooth), vm, a1);
+                    XN(mass_acc)(&mt0, &mm0, XN(target_mass)(mass->q, mass->w, c + 2 * W, mass->onem, mass->smooth), vm, a2);
+                    XN(mass_acc)(&mt1, &mm1, XN(target_mass)(mass->q, mass->w, c + 3 * W, mass->onem, mass->smooth), vm, a3);
+                }
             }
-            if (mass) {
-                XN(mass_acc)(&mt0, &mm0, XN(target_mass)(mass->q, mass->w, c, mass->onem, mass->smooth), vm, a0);
-                XN(mass_acc)(&mt1, &mm1, XN(target_mass)(mass->q, mass->w, c + W, mass->onem, mass->smooth), vm, a1);
-                XN(mass_acc)(&mt0, &mm0, XN(target_mass)(mass->q, mass->w, c + 2 * W, mass->onem, mass->smooth), vm, a2);
-                XN(mass_acc)(&mt1, &mm1, XN(target_mass)(mass->q, mass->w, c + 3 * W, mass->onem, mass->smooth), vm, a3);
+            if (stop == end)
+                break;
+            if (c + 4 * W <= end) {
+                /* the four vectors that hold p */
+                XN(prefetch4)(next, c);
+                if (mass && mass->next_q)
+                    XN(prefetch4)(mass->next_q, c);
+                acc0 += XN(exp_term_but)(a, c, vm, e, mass, &mt0, &mm0, p - c);
+                acc1 += XN(exp_term_but)(a, c + W, vm, e, mass, &mt1, &mm1, p - c - W);
+                acc2 += XN(exp_term_but)(a, c + 2 * W, vm, e, mass, &mt0, &mm0, p - c - 2 * W);
+                acc3 += XN(exp_term_but)(a, c + 3 * W, vm, e, mass, &mt1, &mm1, p - c - 3 * W);
+                c += 4 * W;
             }
+            stop = end;
         }
         for (; c + W <= end; c += W) {
+            if ((size_t)(p - c) < (size_t)W) {
+                acc0 += XN(exp_term_but)(a, c, vm, e, mass, &mt0, &mm0, p - c);
+                continue;
+            }
             a0 = XN(load)(a + c);
             x0 = XN(exp_le0)(a0 - vm);
             acc0 += x0;
@@ -192,13 +329,14 @@ XI double XN(sum_exp_le0_impl)(
             /* the padding is -inf: exp(-inf - m) = 0 */
             a1 = XN(load_part)(a + c, end - c, -INFINITY);
             x1 = XN(exp_le0)(a1 - vm);
-            acc1 += x1;
+            acc1 += XN(select)(XN(lane_of)(p, c), zero, x1);
             if (e)
                 XN(store_part)(e + c, x1, end - c);
             if (mass)
                 /* the padding has zero mass */
-                XN(mass_acc)(&mt1, &mm1, XN(target_mass_part)(mass->q, mass->w, c, end - c, mass->onem, mass->smooth),
-                             vm, a1);
+                XN(mass_acc_but)(mass, &mt1, &mm1,
+                                 XN(target_mass_part)(mass->q, mass->w, c, end - c, mass->onem, mass->smooth), vm, a1,
+                                 p - c);
         }
         s += XN(hsum)((acc0 + acc1) + (acc2 + acc3));
         if (mass) {
@@ -209,12 +347,14 @@ XI double XN(sum_exp_le0_impl)(
     return s;
 }
 
-static XENT_TARGET double XN(sum_exp_le0)(const T* a, ptrdiff_t C, T m, T* e, const T* next) {
-    return XN(sum_exp_le0_impl)(a, C, m, e, next, NULL);
+static XENT_TARGET double XN(sum_exp_le0)(const T* a, ptrdiff_t C, T m, T* e, const T* next, ptrdiff_t p) {
+    return XN(sum_exp_le0_impl)(a, C, m, e, next, NULL, p);
 }
 
-static XENT_TARGET double XN(sum_exp_le0_mass)(const T* a, ptrdiff_t C, T m, T* e, const T* next, XN(mass_t)* mass) {
-    return XN(sum_exp_le0_impl)(a, C, m, e, next, mass);
+static XENT_TARGET double XN(sum_exp_le0_mass)(
+    const T* a, ptrdiff_t C, T m, T* e, const T* next, XN(mass_t)* mass, ptrdiff_t p
+) {
+    return XN(sum_exp_le0_impl)(a, C, m, e, next, mass, p);
 }
 
 /* Rows of at most this many bytes are read three times (max, exp, gradient),
@@ -225,10 +365,13 @@ static XENT_TARGET double XN(sum_exp_le0_mass)(const T* a, ptrdiff_t C, T m, T* 
 
 /* The rows too long for L2: one pass over memory, per block its max first,
  * then its sum from L1, s rescaled by exp(m_old - m_new) whenever m grows.
- * e[C, ...) holds the shift of each block meanwhile. */
-static XENT_TARGET void XN(max_sum_exp_long)(const T* a, ptrdiff_t C, T* e, T* m_out, double* s_out) {
+ * e[C, ...) holds the shift of each block meanwhile. p: the class at the max left out
+ * of s, the first of the block where the max was first reached (-1: none, where the
+ * max is not finite); its term, 1, becomes exp(m_old - m_new) when m grows. */
+static XENT_TARGET void XN(max_sum_exp_long)(const T* a, ptrdiff_t C, T* e, T* m_out, double* s_out, ptrdiff_t* p_out) {
     T m = -INFINITY, *shifts = e ? e + C : NULL;
     double s = 0.0;
+    ptrdiff_t p = -1;
     for (ptrdiff_t c0 = 0; c0 < C; c0 += BLK) {
         const T* b = a + c0;
         ptrdiff_t n = C - c0 < BLK ? C - c0 : BLK, c = 0;
@@ -244,21 +387,35 @@ static XENT_TARGET void XN(max_sum_exp_long)(const T* a, ptrdiff_t C, T* e, T* m
         T block_max = XN(hmax)(XN(max)(bm0, bm1));
         if (block_max > m) {
             /* s so far is 0 or NaN while m is -inf: keep it as it is */
-            if (s != 0.0 && isfinite(m))
-                s *= exp((double)m - (double)block_max);
+            if (isfinite(m)) {
+                double f = exp((double)m - (double)block_max);
+                s = p >= 0 ? s * f + f : s * f;
+            }
             m = block_max;
+            p = -1;
+            if (isfinite(m)) {
+                /* every class that went into lane l of bm0 or bm1 is l mod W */
+                V vm = XN(splat)(m);
+                ptrdiff_t l, f = -1;
+                if ((l = XN(first_lane)(bm0 == vm)) >= 0)
+                    f = XN(find_bits)(b, n, l, W, bm0, l);
+                else if ((l = XN(first_lane)(bm1 == vm)) >= 0)
+                    f = XN(find_bits)(b, n, l, W, bm1, l);
+                p = f >= 0 ? c0 + f : -1;
+            }
         }
         if (shifts)
             shifts[c0 / BLK] = isfinite(m) ? m : 0;
         if (isfinite(m))
-            s += XN(sum_exp)(b, n, m, e ? e + c0 : NULL, 1);
+            s += XN(sum_exp)(b, n, m, e ? e + c0 : NULL, 1, p >= 0 ? p - c0 : -1);
         else
-            s += XN(sum_exp)(b, n, 0, e ? e + c0 : NULL, 0);
+            s += XN(sum_exp)(b, n, 0, e ? e + c0 : NULL, 0, -1);
     }
     if (!isfinite(m)) {
         /* all -inf, or a +inf logit: shift by 0, as the definition says */
         m = 0;
-        s = XN(sum_exp)(a, C, 0, e, 0);
+        p = -1;
+        s = XN(sum_exp)(a, C, 0, e, 0, -1);
     } else if (e) {
         /* the blocks summed before m reached its final value: exp(A_c - m_b) exp(m_b - m) */
         for (ptrdiff_t c0 = 0; c0 < C && shifts[c0 / BLK] != m; c0 += BLK) {
@@ -272,31 +429,51 @@ static XENT_TARGET void XN(max_sum_exp_long)(const T* a, ptrdiff_t C, T* e, T* m
     }
     *m_out = m;
     *s_out = s;
+    *p_out = p;
 }
 
-/* m = max_c A_c and s = sum_c exp(A_c - m) (a non-finite max shifts by 0
- * instead; a NaN logit makes s NaN), exp(A_c - m) into e[0, C) unless e is
- * NULL. next: the row after this one (or this one again), prefetched meanwhile. */
-static XENT_TARGET void XN(max_sum_exp)(const T* a, ptrdiff_t C, T* e, T* m_out, double* s_out, const T* next) {
+/* The sums of a row: s = sum_c exp(A_c - m), s1 = s - 1 = sum_{c != p} exp(A_c - m)
+ * (exact however small, where a class p at the max was left out of it), and p (-1: none). */
+typedef struct {
+    double s, s1;
+    ptrdiff_t p;
+} XN(sums_t);
+
+XI XN(sums_t) XN(sums)(double rest, ptrdiff_t p) {
+    XN(sums_t) r = {p >= 0 ? 1.0 + rest : rest, p >= 0 ? rest : rest - 1.0, p};
+    return r;
+}
+
+/* m = max_c A_c and its sums (a non-finite max shifts by 0 instead; a NaN logit makes s
+ * NaN), exp(A_c - m) into e[0, C) unless e is NULL. next: the row after this one (or this
+ * one again), prefetched meanwhile. y, find: which class at the max is left out of s1,
+ * as row_max_impl says. */
+static XENT_TARGET XN(sums_t) XN(max_sum_exp)(
+    const T* a, ptrdiff_t C, T* e, T* m_out, const T* next, ptrdiff_t y, int find
+) {
+    T m;
+    double rest;
+    ptrdiff_t p;
     if (C * (ptrdiff_t)sizeof(T) > XENT_ROW_L2_BYTES) {
-        XN(max_sum_exp_long)(a, C, e, m_out, s_out);
-        return;
+        XN(max_sum_exp_long)(a, C, e, m_out, &rest, &p);
+        return XN(sums)(rest, p);
     }
-    T m = XN(row_max)(a, C);
+    m = XN(row_max_impl)(a, C, &p, y, find);
     if (isfinite(m)) {
-        *s_out = XN(sum_exp_le0)(a, C, m, e, next);
+        rest = XN(sum_exp_le0)(a, C, m, e, next, p);
     } else {
         /* all -inf, or a +inf logit: shift by 0, as the definition says */
         m = 0;
-        *s_out = XN(sum_exp)(a, C, 0, e, 0);
+        rest = XN(sum_exp)(a, C, 0, e, 0, -1);
     }
     *m_out = m;
+    return XN(sums)(rest, p);
 }
 
 /* t = sum_c w_c q_c (m - A_c) over the classes of nonzero mass (A_c may be -inf
- * where the mass is 0), and total = sum_c w_c q_c. */
+ * where the mass is 0), and total = sum_{c != p} w_c q_c, w_p q_p into *wq_p. */
 static XENT_TARGET double XN(mass_gap)(
-    const T* a, const T* q, const T* w, ptrdiff_t C, T m, T onem, T smooth, double* total
+    const T* a, const T* q, const T* w, ptrdiff_t C, T m, T onem, T smooth, double* total, ptrdiff_t p, T* wq_p
 ) {
     V vm = XN(splat)(m), zero = XN(splat)(0);
     double t = 0.0, tot = 0.0;
@@ -306,11 +483,19 @@ static XENT_TARGET double XN(mass_gap)(
         for (; c + W <= end; c += W) {
             wq = XN(target_mass)(q, w, c, onem, smooth);
             acc_t += XN(select)(wq != 0, wq * (vm - XN(load)(a + c)), zero);
+            if ((size_t)(p - c) < (size_t)W) {
+                *wq_p = wq[p - c];
+                wq = XN(select)(XN(lane_is)(p - c), zero, wq);
+            }
             acc_m += wq;
         }
         if (c < end) {
             wq = XN(target_mass_part)(q, w, c, end - c, onem, smooth);
             acc_t += XN(select)(wq != 0, wq * (vm - XN(load_part)(a + c, end - c, 0)), zero);
+            if ((size_t)(p - c) < (size_t)W) {
+                *wq_p = wq[p - c];
+                wq = XN(select)(XN(lane_is)(p - c), zero, wq);
+            }
             acc_m += wq;
         }
         t += XN(hsum)(acc_t);
@@ -320,20 +505,23 @@ static XENT_TARGET double XN(mass_gap)(
     return t;
 }
 
-/* m = max_c A_c, s = sum_c exp(A_c - m) (as max_sum_exp) and the target mass of the row
- * (mass->t, mass->total, as mass_gap): in the exp pass, where A and Q are each read once,
+/* m = max_c A_c, its sums (as max_sum_exp) and the target mass of the row (mass->t,
+ * mass->total, mass->wq_p, as mass_gap): in the exp pass, where A and Q are each read once,
  * for rows on the L2 path with a finite max; in a pass of its own otherwise. */
-static XENT_TARGET void XN(max_sum_exp_mass)(
-    const T* a, ptrdiff_t C, T* e, const T* next, XN(mass_t)* mass, T* m_out, double* s_out
+static XENT_TARGET XN(sums_t) XN(max_sum_exp_mass)(
+    const T* a, ptrdiff_t C, T* e, const T* next, XN(mass_t)* mass, T* m_out, ptrdiff_t y, int find
 ) {
     T m;
-    if (C * (ptrdiff_t)sizeof(T) <= XENT_ROW_L2_BYTES && isfinite(m = XN(row_max)(a, C))) {
-        *s_out = XN(sum_exp_le0_mass)(a, C, m, e, next, mass);
+    ptrdiff_t p;
+    XN(sums_t) r;
+    if (C * (ptrdiff_t)sizeof(T) <= XENT_ROW_L2_BYTES && isfinite(m = XN(row_max_impl)(a, C, &p, y, find))) {
+        r = XN(sums)(XN(sum_exp_le0_mass)(a, C, m, e, next, mass, p), p);
     } else {
-        XN(max_sum_exp)(a, C, e, &m, s_out, next);
-        mass->t = XN(mass_gap)(a, mass->q, mass->w, C, m, mass->onem, mass->smooth, &mass->total);
+        r = XN(max_sum_exp)(a, C, e, &m, next, y, find);
+        mass->t = XN(mass_gap)(a, mass->q, mass->w, C, m, mass->onem, mass->smooth, &mass->total, r.p, &mass->wq_p);
     }
     *m_out = m;
+    return r;
 }
 
 /* g_c = k1 e_c - scale w_c q_c with e_c = exp(A_c - m) and k1 = scale sum_k w_k q_k / s:
@@ -367,17 +555,19 @@ static XENT_TARGET void XN(grad_row)(
 static XENT_TARGET double XN(index_row)(const xent_args* k, const T* a, ptrdiff_t y, T* g, T* e, const T* next) {
     const T* w = (const T*)k->w;
     ptrdiff_t C = k->C;
-    double eps = k->eps, smooth = eps / C, w_y = w ? w[y] : 1.0, log_s, loss = 0.0, s, total_mass, t;
+    double eps = k->eps, smooth = eps / C, w_y = w ? w[y] : 1.0, log_s, loss = 0.0, total_mass, t = 0.0;
     T m, a_y = a[y];  /* read before g, which may be a itself, is written */
+    XN(sums_t) r;
     if (eps != 0.0) {
         /* the smoothing term's sum_c w_c (m - A_c), as the mass of q_c = 1 */
-        XN(mass_t) mass = {NULL, w, NULL, 0, 1, 0.0, 0.0};
-        XN(max_sum_exp_mass)(a, C, g ? e : NULL, next, &mass, &m, &s);
+        XN(mass_t) mass = {NULL, w, NULL, 0, 1, 0.0, 0.0, 0};
+        r = XN(max_sum_exp_mass)(a, C, g ? e : NULL, next, &mass, &m, y, 0);
         t = mass.t;
     } else {
-        XN(max_sum_exp)(a, C, g ? e : NULL, &m, &s, next);
+        r = XN(max_sum_exp)(a, C, g ? e : NULL, &m, next, y, 0);
     }
-    log_s = log(s);
+    /* log s = log1p(s - 1): where A_y is the max, s - 1 keeps its digits however small */
+    log_s = log1p(r.s1);
     if ((1.0 - eps) * w_y != 0.0)
         /* (1 - eps) w_y (-log p_y): skipped at zero mass, where A_y may be -inf */
         loss = (1.0 - eps) * w_y * (((double)m - a_y) + log_s);
@@ -386,7 +576,7 @@ static XENT_TARGET double XN(index_row)(const xent_args* k, const T* a, ptrdiff_
          * no mass adds nothing, even where log s is infinite (as in the probability rows) */
         loss += smooth * (t + (k->w_sum != 0.0 ? k->w_sum * log_s : 0.0));
     }
-    if (isnan(s))
+    if (isnan(r.s))
         loss = NAN;  /* a NaN logit gives its sample NaN, even at zero target mass */
     if (g) {
         if (k->scale == 0.0) {
@@ -397,11 +587,16 @@ static XENT_TARGET double XN(index_row)(const xent_args* k, const T* a, ptrdiff_
          * smoothing q_c = 0 there, and a class of zero mass adds nothing, whatever its weight
          * (a NaN or inf w_c would otherwise turn 0 w_c into NaN) */
         total_mass = (1.0 - eps) * w_y + (eps != 0.0 ? smooth * k->w_sum : 0.0);
-        XN(grad_row)(e, NULL, eps != 0.0 ? w : NULL, C, (T)(k->scale * total_mass / s), 0, (T)smooth, (T)k->scale, g,
+        XN(grad_row)(e, NULL, eps != 0.0 ? w : NULL, C, (T)(k->scale * total_mass / r.s), 0, (T)smooth, (T)k->scale, g,
                      k->nt_store);
         /* ... and q_y = 1 - eps + eps / C on it */
-        /* (the same sum as total_mass for C = 1, so that the gradient is then exactly 0) */
-        g[y] = (T)(k->scale * (exp((double)a_y - m) / s * total_mass - ((1.0 - eps) * w_y + smooth * w_y)));
+        if (r.p >= 0 && a_y == m && isfinite(total_mass))
+            /* y at the max (left out of s1): p_y - 1 = -(s - 1) / s, and sum_k w_k q_k - w_y q_y
+             * = (eps / C)(sum_k w_k - w_y) (0 for C = 1, so that the gradient is then exactly 0) */
+            g[y] = (T)(k->scale * ((eps != 0.0 ? smooth * (k->w_sum - w_y) : 0.0) - total_mass * r.s1 / r.s));
+        else
+            /* (the same sum as total_mass for C = 1, so that the gradient is then exactly 0) */
+            g[y] = (T)(k->scale * (exp((double)a_y - m) / r.s * total_mass - ((1.0 - eps) * w_y + smooth * w_y)));
     }
     return loss;
 }
@@ -411,25 +606,29 @@ static XENT_TARGET double XN(prob_row)(
     const xent_args* k, const T* a, const T* q, T* g, T* e, const T* next, const T* next_q
 ) {
     ptrdiff_t C = k->C;
-    double eps = k->eps, s, total_mass, t;
+    double eps = k->eps, total_mass;
     T m;
     /* (the next row of Q prefetched only where rows are long: at C = 1000 it cost 30 %) */
     XN(mass_t) mass = {q, (const T*)k->w, C * (ptrdiff_t)sizeof(T) >= 16384 ? next_q : NULL,
-                       (T)(1.0 - eps), (T)(eps / C), 0.0, 0.0};
-    XN(max_sum_exp_mass)(a, C, g ? e : NULL, next, &mass, &m, &s);
-    t = mass.t;
-    total_mass = mass.total;
+                       (T)(1.0 - eps), (T)(eps / C), 0.0, 0.0, 0};
+    XN(sums_t) r = XN(max_sum_exp_mass)(a, C, g ? e : NULL, next, &mass, &m, -1, 1);
+    /* mass.total leaves out w_p q_p of the class p at the max */
+    total_mass = r.p >= 0 ? mass.total + mass.wq_p : mass.total;
     if (g) {
-        if (k->scale == 0.0)
+        if (k->scale == 0.0) {
             memset(g, 0, C * sizeof(T));
-        else
+        } else {
             XN(grad_row)(
-                e, q, (const T*)k->w, C, (T)(k->scale * total_mass / s), (T)(1.0 - eps), (T)(eps / C),
+                e, q, (const T*)k->w, C, (T)(k->scale * total_mass / r.s), (T)(1.0 - eps), (T)(eps / C),
                 (T)k->scale, g, k->nt_store
             );
+            if (r.p >= 0 && isfinite(total_mass))
+                /* at the max: p_p sum_k w_k q_k - w_p q_p = sum_{k != p} w_k q_k - sum_k w_k q_k (s - 1) / s */
+                g[r.p] = (T)(k->scale * (mass.total - total_mass * r.s1 / r.s));
+        }
     }
     /* loss = sum_c w_c q_c ((m - A_c) + log s); a NaN logit gives NaN, even at zero mass */
-    return isnan(s) ? NAN : total_mass != 0.0 ? t + total_mass * log(s) : t;
+    return isnan(r.s) ? NAN : total_mass != 0.0 ? mass.t + total_mass * log1p(r.s1) : mass.t;
 }
 
 #if XENT_AVX512 && XENT_F32
@@ -654,7 +853,8 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
         XENT_UNROLL
         for (ptrdiff_t c = 0; c < C; c++)
             m = XN(max)(at[c], m);
-        m = XN(select)(XN(isfinite)(m), m, zero);
+        IV m_finite = XN(isfinite)(m);
+        m = XN(select)(m_finite, m, zero);
         /* (each loop over the classes tests nothing inside, so that for a constant C it
          * unrolls and the class vectors stay in registers) */
         if (k->Q) {
@@ -672,13 +872,38 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
                 if ((w ? w[c] : 1) != 0)
                     t += (m - at[c]) * (w ? w[c] : 1);
         }
-        /* at[c] becomes exp(A_c - m); s = sum_c exp(A_c - m) */
-        XENT_UNROLL
-        for (ptrdiff_t c = 0; c < C; c++) {
-            at[c] = XN(exp)(at[c] - m);
-            s += at[c];
+        /* at[c] becomes exp(A_c - m); s = sum_c exp(A_c - m), and s1 = s - 1 with its digits
+         * however small: summed apart from the terms at the max, which are exactly 1 */
+        V s1;
+        IV at_max = (IV){0};  /* class indices: the lanes whose target is at the (finite) max */
+        if (k->Q) {
+            /* every class at the max left out of s and counted */
+            IV n_max = (IV){0};
+            XENT_UNROLL
+            for (ptrdiff_t c = 0; c < C; c++) {
+                V x = at[c] - m;
+                IV is_max = x == 0;
+                at[c] = XN(exp)(x);
+                s += XN(select)(is_max, zero, at[c]);
+                n_max -= is_max;
+            }
+            /* the count as a float, through the magic number (it is small) */
+            V kf = (V)((UV)n_max | (UV)XN(splat)(XENT_MAGIC)) - XENT_MAGIC;
+            s1 = (kf - 1) + s;
+            s = kf + s;
+        } else {
+            /* the target's term left out of s where it is the max: there at[y] = 0 */
+            at_max = keep & m_finite & (a_y == m);
+            IV y_max = y | ~at_max;  /* y there, -1 elsewhere */
+            XENT_UNROLL
+            for (ptrdiff_t c = 0; c < C; c++) {
+                at[c] = XN(select)(y_max == (IV){0} + (XN(int_t))c, zero, XN(exp)(at[c] - m));
+                s += at[c];
+            }
+            s1 = XN(select)(at_max, s, s - 1);
+            s = XN(select)(at_max, s + 1, s);
         }
-        V log_s = XN(log)(s), wy1 = onem * w_y;
+        V log_s = XN(log1p)(s1), wy1 = onem * w_y;
         /* what a row that is not computed holds: 0 where ignored, NaN where its index is bad */
         V fill = (V)((y == -2) & (IV)XN(splat)(NAN));
         if (k->Q) {
@@ -705,11 +930,21 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
             for (ptrdiff_t c = 0; c < C; c++)
                 at[c] = fill;
         } else if (k->Q) {
+            /* k1 + k1_lo = sum_k w_k q_k / s to twice the precision (k1 >= total / 2 where
+             * s <= 2, so total - k1 is exact; 0 where not finite): at a class at the max,
+             * e_c = 1, so (k1 - w_c q_c) is exact too, and the gradient keeps its digits
+             * where w_c q_c is all of the mass (one-hot targets) */
+            V k1_lo = (total - k1) - total * s1 / s;
+            k1_lo = XN(select)(XN(isfinite)(k1_lo), k1_lo, zero);
             XENT_UNROLL
             for (ptrdiff_t c = 0; c < C; c++)
-                at[c] = scale * (at[c] * k1 - qt[c]);
+                at[c] = scale * ((at[c] * k1 - qt[c]) + at[c] * k1_lo);
         } else {
             V mass_y = wy1 + smooth * w_y;
+            /* where y is at the max (at[y] = 0 there), the mass that makes its gradient
+             * (eps / C)(sum_k w_k - w_y) - total (s - 1) / s: p_y - 1 = -(s - 1) / s */
+            V delta = smoothing ? smooth * ((T)k->w_sum - w_y) : zero;
+            mass_y = XN(select)(at_max, total * s1 / s - delta, mass_y);
             const T* w_off = smoothing ? w : NULL;  /* off the target, q_c = 0 without smoothing */
             XENT_UNROLL
             for (ptrdiff_t c = 0; c < C; c++) {
@@ -804,9 +1039,11 @@ static XENT_TARGET void XN(softmax)(const xent_args* k, ptrdiff_t begin, ptrdiff
         const T* a = ROW(k->A, k->a_stride, i);
         T* o = OUT_ROW(k->G, k->g_stride, i);
         T m, *e = (T*)scratch;
-        double s;
-        XN(max_sum_exp)(a, C, k->log_space ? NULL : e, &m, &s, i + 1 < end ? ROW(k->A, k->a_stride, i + 1) : a);
-        V vm = XN(splat)(m), f = XN(splat)(k->log_space ? (T)log(s) : (T)(1.0 / s)), v;
+        /* log_softmax: log s = log1p(s - 1), s - 1 kept exact however small (a class at the max
+         * left out of it), so that log p = -log s keeps its digits at the max of a confident row */
+        XN(sums_t) r = XN(max_sum_exp)(a, C, k->log_space ? NULL : e, &m, i + 1 < end ? ROW(k->A, k->a_stride, i + 1) : a,
+                                       -1, k->log_space);
+        V vm = XN(splat)(m), f = XN(splat)(k->log_space ? (T)log1p(r.s1) : (T)(1.0 / r.s)), v;
         for (ptrdiff_t c = 0; c < C; c += W) {
             v = c + W <= C ? XN(load)(k->log_space ? a + c : e + c) : XN(load_part)(k->log_space ? a + c : e + c, C - c, 0);
             /* log p_c = (A_c - m) - log s; p_c = exp(A_c - m) / s */
@@ -823,10 +1060,10 @@ static XENT_TARGET void XN(softmax)(const xent_args* k, ptrdiff_t begin, ptrdiff
 static XENT_TARGET void XN(logsumexp)(const xent_args* k, ptrdiff_t begin, ptrdiff_t end, void* scratch) {
     for (ptrdiff_t i = begin; i < end; i++) {
         T m;
-        double s;
-        XN(max_sum_exp)(ROW(k->A, k->a_stride, i), k->C, NULL, &m, &s,
-                        ROW(k->A, k->a_stride, i + 1 < end ? i + 1 : i));
-        ((T*)k->out)[i] = (T)(m + log(s));
+        /* (log1p(s - 1), as in log_softmax: the digits of a tiny log s where m is 0 or small) */
+        XN(sums_t) r = XN(max_sum_exp)(ROW(k->A, k->a_stride, i), k->C, NULL, &m,
+                                       ROW(k->A, k->a_stride, i + 1 < end ? i + 1 : i), -1, 1);
+        ((T*)k->out)[i] = (T)(m + log1p(r.s1));
     }
 }
 
@@ -857,3 +1094,4 @@ static XENT_TARGET void XN(exp_array)(const T* x, T* out, ptrdiff_t n) {
 #undef XI
 #undef XENT_MANT
 #undef XENT_BIAS
+#undef XENT_MAGIC

@@ -25,12 +25,14 @@ typedef int32_t IV __attribute__((vector_size(XENT_VBYTES)));
 typedef uint32_t UV __attribute__((vector_size(XENT_VBYTES)));
 #define XENT_MANT 23
 #define XENT_BIAS 127
+#define XENT_MAGIC 0x1p23f /* (bits of it | n) - it = n, for 0 <= n < 2^23 */
 #else
 typedef int64_t XN(int_t);
 typedef int64_t IV __attribute__((vector_size(XENT_VBYTES)));
 typedef uint64_t UV __attribute__((vector_size(XENT_VBYTES)));
 #define XENT_MANT 52
 #define XENT_BIAS 1023
+#define XENT_MAGIC 0x1p52
 #endif
 
 XI V XN(splat)(T x) { return (V){0} + x; }
@@ -247,8 +249,11 @@ XI V XN(exp)(V x) { return XN(exp_impl)(x, 0); }
 XI V XN(exp_le0)(V x) { return XN(exp_impl)(x, 1); }
 
 /* log(x) for x in {0, +inf, NaN} or a positive normal number: x = 2^e m with
- * m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(u), u = (m - 1) / (m + 1). */
-XI V XN(log)(V x) {
+ * m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(u), u = (m - 1) / (m + 1).
+ * p1: x = 1 + d (rounded), and where the reduction leaves x as it is (e = 0) the exact
+ * m - 1 = d and m + 1 = 2 + d are used instead: log1p, whose relative error stays a few
+ * ulp for tiny d (log s of a confident row, s = 1 + d). */
+XI V XN(log_impl)(V x, V d, const int p1) {
 #if XENT_F32
     const T magic = 0x1p23f, sqrt2 = 0x1.6a09e6p+0f, ln2 = 0x1.62e430p-1f;
 #else
@@ -262,7 +267,13 @@ XI V XN(log)(V x) {
     IV big = m > sqrt2;
     m = XN(select)(big, m * 0.5, m);
     e = XN(select)(big, e + 1, e);
-    V u = (m - 1) / (m + 1);
+    V num = m - 1, den = m + 1;
+    if (p1) {
+        IV unreduced = e == 0;
+        num = XN(select)(unreduced, d, num);
+        den = XN(select)(unreduced, 2 + d, den);
+    }
+    V u = num / den;
     V u2 = u * u;
     V p;
 #if XENT_F32
@@ -288,4 +299,52 @@ XI V XN(log)(V x) {
     y = XN(select)(x == 0, XN(splat)(-INFINITY), y);
     y = XN(select)(x == INFINITY, x, y);
     return XN(select)(x != x, x, y);
+}
+
+XI V XN(log)(V x) { return XN(log_impl)(x, x, 0); }
+
+/* log(1 + d) for d >= -1 (or +inf, NaN). */
+XI V XN(log1p)(V d) { return XN(log_impl)(1 + d, d, 1); }
+
+/* The lane l set (l in [0, W); none for l outside it, if small: |l| < 2^31). */
+XI IV XN(lane_is)(ptrdiff_t l) {
+    IV idx;
+    for (ptrdiff_t j = 0; j < W; j++)
+        idx[j] = j;
+    return idx == (IV){0} + (XN(int_t))l;
+}
+
+/* The first lane set in mask (lanes all ones or all zeros), or -1 where none is. */
+XI ptrdiff_t XN(first_lane)(IV mask) {
+#if XENT_AVX512 && XENT_F32
+    unsigned bits = _mm512_movepi32_mask((__m512i)mask);
+#elif XENT_AVX512
+    unsigned bits = _mm512_movepi64_mask((__m512i)mask);
+#elif XENT_X86 && XENT_VBYTES == 32 && XENT_F32
+    unsigned bits = (unsigned)_mm256_movemask_ps((__m256)mask);
+#elif XENT_X86 && XENT_VBYTES == 32
+    unsigned bits = (unsigned)_mm256_movemask_pd((__m256d)mask);
+#elif XENT_X86 && XENT_F32
+    unsigned bits = (unsigned)_mm_movemask_ps((__m128)mask);
+#elif XENT_X86
+    unsigned bits = (unsigned)_mm_movemask_pd((__m128d)mask);
+#else
+    unsigned bits = 0;
+    for (ptrdiff_t l = 0; l < W; l++)
+        bits |= (mask[l] != 0) << l;
+#endif
+    return bits ? (ptrdiff_t)__builtin_ctz(bits) : -1;
+}
+
+/* The bits of a T (may_alias: rows of T are read through it). */
+#if XENT_F32
+typedef uint32_t XN(bits_t) __attribute__((may_alias));
+#else
+typedef uint64_t XN(bits_t) __attribute__((may_alias));
+#endif
+
+XI XN(bits_t) XN(bits_of)(T x) {
+    XN(bits_t) b;
+    memcpy(&b, &x, sizeof b);
+    return b;
 }
