@@ -85,7 +85,7 @@ def numpy_backend(request):
         yield "cpu"
         return
     if request.node.get_closest_marker("cpu_core_only"):
-        pytest.skip("a case of the CPU core alone: the CUDA backend also takes float16 and bfloat16")
+        pytest.skip("a case of the CPU core alone (its dtypes, its threads)")
     try:
         load("cuda_host")
     except ImportError as exc:

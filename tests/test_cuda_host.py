@@ -46,7 +46,9 @@ def run(probes, name, grid, block, *args):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("width", [32, 16, 8, 4, 2, 1])
 @pytest.mark.parametrize("lane_mask", [1, 2, 4, 8, 16, 3, 31])
-def test_shfl_xor_gives_each_lane_the_value_of_lane_xor_mask_within_its_width(probes, dtype, width, lane_mask):
+def test_shfl_xor_gives_each_lane_the_value_of_lane_xor_mask_within_its_width(
+    probes, dtype, width, lane_mask
+):
     values = np.arange(128, dtype=dtype) * 1.5 + 0.25  # 2 blocks of 2 warps
     out = np.zeros_like(values)
     name = f"probe_shuffle<{'float' if dtype == np.float32 else 'double'}>"
@@ -109,7 +111,8 @@ def test_arguments_reach_the_kernel_as_packed(probes):
 @pytest.mark.parametrize("name, grid, block, match", [
     ("probe_partial_warp_shuffle", 1, 64, "__shfl_xor_sync reached by only part of warp 0"),
     ("probe_read_outside_mask", 1, 32, "outside the mask"),
-    ("probe_exit_before_barrier", 2, 64, r"__syncthreads reached by only part of the block.*thread 3 .* exited"),
+    ("probe_exit_before_barrier", 2, 64,
+     r"__syncthreads reached by only part of the block.*thread 3 .* exited"),
     ("probe_different_barriers", 1, 64, "different __syncthreads calls"),
     ("probe_different_shuffles", 1, 32, "different __shfl_xor_sync calls"),
 ])  # fmt: skip
@@ -169,7 +172,8 @@ def test_the_next_launch_works_after_an_error(probes):
 
 def test_a_read_past_the_array_is_reported_by_the_asan_build(tmp_path):
     """AddressSanitizer's build, in a subprocess with its runtime preloaded (as scripts/sanitize.sh)."""
-    asan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    found = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True)
+    asan = found.stdout.strip()
     if not os.path.isabs(asan):
         pytest.skip("gcc has no AddressSanitizer runtime")
     script = (
@@ -185,7 +189,8 @@ def test_a_read_past_the_array_is_reported_by_the_asan_build(tmp_path):
         "print('past the end: not reported')\n"
     )
     env = dict(os.environ, LD_PRELOAD=asan, ASAN_OPTIONS="detect_leaks=0:verify_asan_link_order=0")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          timeout=600)  # fmt: skip
     assert "in bounds: fine" in done.stdout, done.stderr[-3000:]
     assert "not reported" not in done.stdout
     assert done.returncode != 0
@@ -217,5 +222,5 @@ def test_results_are_bitwise_the_same_for_any_block_and_thread_order(shape):
                                                                                    thread_order=order))):
             results.append(_all_results(a, y, q))
     for other in results[1:]:
-        for x, z in zip(results[0], other):
+        for x, z in zip(results[0], other, strict=True):
             np.testing.assert_array_equal(x, z)

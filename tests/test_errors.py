@@ -40,6 +40,7 @@ softmax_family = pytest.mark.parametrize(
     pytest.param(np.arange(12).reshape(4, 3), id="int64"),
     pytest.param(np.ones((4, 3), dtype=bool), id="bool"),
     pytest.param(A.astype(np.complex128), id="complex128"),
+    # the CUDA backend takes float16
     pytest.param(A.astype(np.float16), id="float16", marks=pytest.mark.cpu_core_only),
     pytest.param(A.astype(np.longdouble), id="longdouble",
                  marks=pytest.mark.skipif(np.dtype(np.longdouble) == np.float64,
@@ -54,6 +55,7 @@ def test_logits_of_unsupported_dtype_is_type_error(fn, logits):
 @pytest.mark.parametrize("x", [
     pytest.param(np.arange(12).reshape(4, 3), id="int64"),
     pytest.param(A.astype(np.complex64), id="complex64"),
+    # the CUDA backend takes float16
     pytest.param(A.astype(np.float16), id="float16", marks=pytest.mark.cpu_core_only),
 ])
 def test_softmax_family_input_of_unsupported_dtype_is_type_error(fn, x):

@@ -223,6 +223,7 @@ def test_no_other_call_modifies_its_inputs(target):
 # --- threads ---------------------------------------------------------------------
 
 @DTYPES
+@pytest.mark.cpu_core_only  # OpenMP threads: the CPU core's
 @pytest.mark.parametrize("shape", [(4099, 33), (3, 50_001)], ids=["tall", "wide"])
 def test_results_are_bitwise_identical_for_any_thread_count(shape, dtype):
     threadpoolctl = pytest.importorskip("threadpoolctl")

@@ -85,7 +85,9 @@ def cuda_include_dir() -> Path:
     for path in candidates:
         if (path / "cuda_fp16.h").is_file() and (path / "cuda_bf16.h").is_file():
             return path
-    raise Unavailable("the CUDA headers cuda_fp16.h and cuda_bf16.h were not found (nvcc, CUDA_PATH, CUDA_HOME)")
+    raise Unavailable(
+        "the CUDA headers cuda_fp16.h and cuda_bf16.h were not found (nvcc, CUDA_PATH, CUDA_HOME)"
+    )
 
 
 def launch_bounds(source: str, names: list[str]) -> dict[str, int]:
@@ -201,7 +203,8 @@ def library(asan: bool | None = None, source_file: Path | None = None, names: tu
     lib.cuda_host_kernel_name.restype = ctypes.c_char_p
     lib.cuda_host_kernel_name.argtypes = [ctypes.c_int]
     for name, arg, res in (
-        ("half_to_float", ctypes.c_ushort, ctypes.c_float), ("float_to_half", ctypes.c_float, ctypes.c_ushort),
+        ("half_to_float", ctypes.c_ushort, ctypes.c_float),
+        ("float_to_half", ctypes.c_float, ctypes.c_ushort),
         ("bfloat16_to_float", ctypes.c_ushort, ctypes.c_float),
         ("float_to_bfloat16", ctypes.c_float, ctypes.c_ushort),
     ):  # fmt: skip

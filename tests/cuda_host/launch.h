@@ -152,6 +152,26 @@ struct Entry {
     int (*launch)(const char*, unsigned, const Launch&, std::string&);
 };
 
+// The half types' conversions, as the kernels use them (tested against NumPy and ml_dtypes).
+inline float as_float(__half x) { return __half2float(x); }
+inline float as_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename H> H round_to(float f);
+template <> inline __half round_to<__half>(float f) { return __float2half_rn(f); }
+template <> inline __nv_bfloat16 round_to<__nv_bfloat16>(float f) { return __float2bfloat16_rn(f); }
+
+template <typename H> float to_float(unsigned short bits) {
+    H x;
+    std::memcpy(&x, &bits, 2);
+    return as_float(x);
+}
+
+template <typename H> unsigned short from_float(float f) {
+    const H x = round_to<H>(f);
+    unsigned short bits;
+    std::memcpy(&bits, &x, 2);
+    return bits;
+}
+
 }  // namespace cuda_host
 
 // The C interface build.py loads with ctypes; `CUDA_HOST_TABLE(entries)` defines it.
@@ -174,25 +194,11 @@ struct Entry {
         std::snprintf(error, error_size, "%s", message.c_str());                                            \
         return status;                                                                                      \
     }                                                                                                       \
-    extern "C" float cuda_host_half_to_float(unsigned short h) {                                            \
-        __half x;                                                                                           \
-        std::memcpy(&x, &h, 2);                                                                             \
-        return __half2float(x);                                                                             \
-    }                                                                                                       \
-    extern "C" unsigned short cuda_host_float_to_half(float f) {                                            \
-        __half x = __float2half_rn(f);                                                                      \
-        unsigned short h;                                                                                   \
-        std::memcpy(&h, &x, 2);                                                                             \
-        return h;                                                                                           \
-    }                                                                                                       \
+    extern "C" float cuda_host_half_to_float(unsigned short h) { return cuda_host::to_float<__half>(h); }    \
+    extern "C" unsigned short cuda_host_float_to_half(float f) { return cuda_host::from_float<__half>(f); }  \
     extern "C" float cuda_host_bfloat16_to_float(unsigned short h) {                                        \
-        __nv_bfloat16 x;                                                                                    \
-        std::memcpy(&x, &h, 2);                                                                             \
-        return __bfloat162float(x);                                                                         \
+        return cuda_host::to_float<__nv_bfloat16>(h);                                                       \
     }                                                                                                       \
     extern "C" unsigned short cuda_host_float_to_bfloat16(float f) {                                        \
-        __nv_bfloat16 x = __float2bfloat16_rn(f);                                                           \
-        unsigned short h;                                                                                   \
-        std::memcpy(&h, &x, 2);                                                                             \
-        return h;                                                                                           \
+        return cuda_host::from_float<__nv_bfloat16>(f);                                                     \
     }

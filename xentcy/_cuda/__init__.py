@@ -271,7 +271,9 @@ class CudaBackend:
         """Runs ``kernel`` over (N, C) rows: its arguments are the pointers, then
         (long long N, long long C, int G), then ``options``, already cast to their C types."""
         if num_classes >= _MAX_CLASSES:  # indices within a row are 32-bit in the kernels
-            raise ValueError(f"the CUDA kernels take fewer than {_MAX_CLASSES} classes, got C = {num_classes}")
+            raise ValueError(
+                f"the CUDA kernels take fewer than {_MAX_CLASSES} classes, got C = {num_classes}"
+            )
         p = plan(kernel, dtype.name, n_rows, num_classes)
         args = (*pointers, np.int64(n_rows), np.int64(num_classes), np.int32(p.group), *options)
         self.launcher.launch(dtype.name, p.name, p.grid, p.block, args)
@@ -290,7 +292,8 @@ class CudaBackend:
                 return out.finish()
             a = self._rows(x, axis)
             aligned = self._aligned(num_classes, x.itemsize, a, out.rows)
-            self._launch("softmax", x.dtype, n_rows, num_classes, (a, out.rows), (aligned, np.int32(log_space)))
+            options = (aligned, np.int32(log_space))
+            self._launch("softmax", x.dtype, n_rows, num_classes, (a, out.rows), options)
             return out.finish()
 
     def logsumexp(self, xp: Any, x: Any, axis: int, keepdims: bool) -> Any:
