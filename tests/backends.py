@@ -5,6 +5,7 @@ loaded here; ``make`` turns a NumPy array into that backend's array and
 ``to_numpy`` brings any result back for comparison with the reference.
 """
 
+import contextlib
 import importlib
 import types
 
@@ -126,3 +127,15 @@ def to_numpy(x):
 def array_type(xp):
     """The array class of backend ``xp`` (for "results stay in the caller's library")."""
     return type(make(xp, np.zeros(2)))
+
+
+@contextlib.contextmanager
+def kernels(isa):
+    """Within the block, the CPU core runs the kernels of instruction set ``isa``."""
+    from xentcy._cpu import _core
+
+    previous = _core.set_isa(isa)
+    try:
+        yield
+    finally:
+        _core.set_isa(previous)

@@ -20,12 +20,11 @@ relative error of each quantity, over the instruction sets, for the core that is
 for a saved build of it (the before/after tables of benchmarks/cpu-notes.md).
 """
 
-import contextlib
 import functools
 
 import numpy as np
 import pytest
-from backends import backend_name, make, to_numpy
+from backends import backend_name, kernels, make, to_numpy
 
 import xentcy as xc
 from xentcy._cpu import _core
@@ -54,15 +53,6 @@ def _check_backend(xp, isa):
         pytest.skip(f"the {name} backend does not have the confident-row fix")
     if name != "numpy" and isa != ISAS[-1]:
         pytest.skip("the instruction set is the CPU core's")
-
-
-@contextlib.contextmanager
-def kernels(isa):
-    previous = _core.set_isa(isa)
-    try:
-        yield
-    finally:
-        _core.set_isa(previous)
 
 
 # the grid of the other logits, on which A_c - m is exact in the dtype (|A_c - m| < 2^6 here)

@@ -19,7 +19,6 @@ the end of the run.
 """
 
 import collections
-import contextlib
 import math
 import os
 import re
@@ -27,6 +26,7 @@ import re
 import numpy as np
 import pytest
 import reference as ref
+from backends import kernels
 
 import xentcy as xc
 from xentcy._cpu import _core
@@ -67,15 +67,6 @@ def report_counts(request):
     """Hands the counts to tests/conftest.py, which prints them in the run's summary."""
     request.config.xentcy_fuzz_counts = (EXAMPLES, ISAS, STATS)
     yield
-
-
-@contextlib.contextmanager
-def kernels(isa):
-    previous = _core.set_isa(isa)
-    try:
-        yield
-    finally:
-        _core.set_isa(previous)
 
 
 # ---------------------------------------------------------------- drawing a case
