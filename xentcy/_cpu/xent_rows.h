@@ -56,6 +56,29 @@ XI IV XN(lane_of)(ptrdiff_t p, ptrdiff_t c) {
     return (size_t)(p - c) < (size_t)W ? XN(lane_is)(p - c) : (IV){0};
 }
 
+/* The sum one lane of the exp pass's accumulators holds, the classes c = first + k step
+ * below stop in the order of k, recomputed without the class p, which the pass counted:
+ * the pass's loop stays as it is (no instruction per class added to it) and the row whose
+ * class at the max p fell into that loop pays for one lane (BLK / step classes). The
+ * terms come from the same vector exp; a left-out class adds exp(-inf) = 0. */
+XI T XN(lane_exp_but)(const T* a, ptrdiff_t first, ptrdiff_t stop, ptrdiff_t step, V shift, ptrdiff_t p,
+                      const int bounded) {
+    T r = 0;
+    for (ptrdiff_t c = first; c < stop;) {
+        V x = XN(splat)(-INFINITY);
+        ptrdiff_t n = 0;
+        for (; n < W && c < stop; n++, c += step)
+            x[n] = c == p ? -INFINITY : a[c];
+        x = bounded ? XN(exp_le0)(x - shift) : XN(exp)(x - shift);
+        for (ptrdiff_t l = 0; l < n; l++)
+            r += x[l];
+    }
+    return r;
+}
+
+/* acc (one of the loop's accumulators) with lane l replaced by v. */
+XI V XN(set_lane)(V acc, ptrdiff_t l, T v) { return XN(select)(XN(lane_is)(l), XN(splat)(v), acc); }
+
 /* sum_{c < n, c != p} exp(A_c - shift) (p outside [0, n): every class), the terms (p's
  * too) into e unless it is NULL: float partial sums per block, double across blocks.
  * bounded: every A_c - shift <= 0 or NaN (shift is the row's finite max). */
@@ -65,34 +88,25 @@ XI double XN(sum_exp)(const T* a, ptrdiff_t n, T shift, T* e, const int bounded,
 #define XENT_EXP(v) (bounded ? XN(exp_le0)(v) : XN(exp)(v))
     for (ptrdiff_t c0 = 0; c0 < n; c0 += BLK) {
         ptrdiff_t end = c0 + BLK < n ? c0 + BLK : n, c = c0;
-        /* the loop stops before the pair of vectors that holds p, which is summed on its own */
-        ptrdiff_t stop = p >= c0 && p < end ? c0 + (p - c0) / (2 * W) * (2 * W) : end;
         V acc0 = zero, acc1 = zero;
-        for (;;) {
-            for (; c + 2 * W <= stop; c += 2 * W) {
-                x0 = XENT_EXP(XN(load)(a + c) - vs);
-                x1 = XENT_EXP(XN(load)(a + c + W) - vs);
-                acc0 += x0;
-                acc1 += x1;
-                if (e) {
-                    XN(store)(e + c, x0);
-                    XN(store)(e + c + W, x1);
-                }
+        for (; c + 2 * W <= end; c += 2 * W) {
+            x0 = XENT_EXP(XN(load)(a + c) - vs);
+            x1 = XENT_EXP(XN(load)(a + c + W) - vs);
+            acc0 += x0;
+            acc1 += x1;
+            if (e) {
+                XN(store)(e + c, x0);
+                XN(store)(e + c + W, x1);
             }
-            if (stop == end)
-                break;
-            if (c + 2 * W <= end) {
-                x0 = XENT_EXP(XN(load)(a + c) - vs);
-                x1 = XENT_EXP(XN(load)(a + c + W) - vs);
-                acc0 += XN(select)(XN(lane_is)(p - c), zero, x0);
-                acc1 += XN(select)(XN(lane_is)(p - c - W), zero, x1);
-                if (e) {
-                    XN(store)(e + c, x0);
-                    XN(store)(e + c + W, x1);
-                }
-                c += 2 * W;
-            }
-            stop = end;
+        }
+        if (p >= c0 && p < c) {
+            /* p went into lane l of acc0 or acc1: that lane again without it */
+            ptrdiff_t j = (p - c0) / W & 1, l = (p - c0) % W;
+            T r = XN(lane_exp_but)(a, c0 + j * W + l, c, 2 * W, vs, p, bounded);
+            if (j)
+                acc1 = XN(set_lane)(acc1, l, r);
+            else
+                acc0 = XN(set_lane)(acc0, l, r);
         }
         for (; c + W <= end; c += W) {
             x0 = XENT_EXP(XN(load)(a + c) - vs);
@@ -149,27 +163,35 @@ XI T XN(row_max_impl)(const T* a, ptrdiff_t C, ptrdiff_t* pos, ptrdiff_t y, int 
         m2 = XN(max)(XN(load)(a + c + 2 * W), m2);
         m3 = XN(max)(XN(load)(a + c + 3 * W), m3);
     }
-    /* the tails into accumulator (c / W) mod 4, as in the loop: lane l of accumulator j
-     * holds the max of the classes c = jW + l mod 4W */
-    if (c + W <= C) {
-        m0 = XN(max)(XN(load)(a + c), m0);
-        c += W;
-    }
-    if (c + W <= C) {
-        m1 = XN(max)(XN(load)(a + c), m1);
-        c += W;
-    }
-    if (c + W <= C) {
-        m2 = XN(max)(XN(load)(a + c), m2);
-        c += W;
-    }
-    if (c < C) {
-        V part = XN(load_part)(a + c, C - c, -INFINITY);
-        switch (c / W & 3) {
-        case 0: m0 = XN(max)(part, m0); break;
-        case 1: m1 = XN(max)(part, m1); break;
-        case 2: m2 = XN(max)(part, m2); break;
-        default: m3 = XN(max)(part, m3); break;
+    if (!find) {
+        /* (as before the search: the tails into m0 and m1) */
+        for (; c + W <= C; c += W)
+            m0 = XN(max)(XN(load)(a + c), m0);
+        if (c < C)
+            m1 = XN(max)(XN(load_part)(a + c, C - c, -INFINITY), m1);
+    } else {
+        /* the tails into accumulator (c / W) mod 4, as in the loop: lane l of accumulator j
+         * holds the max of the classes c = jW + l mod 4W */
+        if (c + W <= C) {
+            m0 = XN(max)(XN(load)(a + c), m0);
+            c += W;
+        }
+        if (c + W <= C) {
+            m1 = XN(max)(XN(load)(a + c), m1);
+            c += W;
+        }
+        if (c + W <= C) {
+            m2 = XN(max)(XN(load)(a + c), m2);
+            c += W;
+        }
+        if (c < C) {
+            V part = XN(load_part)(a + c, C - c, -INFINITY);
+            switch (c / W & 3) {
+            case 0: m0 = XN(max)(part, m0); break;
+            case 1: m1 = XN(max)(part, m1); break;
+            case 2: m2 = XN(max)(part, m2); break;
+            default: m3 = XN(max)(part, m3); break;
+            }
         }
     }
     T m = XN(hmax)(XN(max)(XN(max)(m0, m1), XN(max)(m2, m3)));
@@ -251,13 +273,39 @@ XI V XN(exp_term_but)(const T* a, ptrdiff_t c, V vm, T* e, XN(mass_t)* mass, V* 
     return XN(select)((size_t)l < (size_t)W ? XN(lane_is)(l) : (IV){0}, XN(splat)(0), x);
 }
 
+/* The mass one lane of the exp pass's mass accumulator holds (as lane_exp_but): the classes
+ * c = first + 4W k and c + 2W below stop, in that order, without the class p. */
+XI T XN(lane_mass_but)(const XN(mass_t)* mass, ptrdiff_t first, ptrdiff_t stop, ptrdiff_t p) {
+    T r = 0;
+    for (ptrdiff_t c = first; c < stop; c += 4 * W)
+        for (ptrdiff_t d = c; d < c + 4 * W && d < stop; d += 2 * W)
+            if (d != p)
+                r += (mass->q ? mass->q[d] * mass->onem + mass->smooth : mass->smooth) * (mass->w ? mass->w[d] : 1);
+    return r;
+}
+
+/* The exp pass's fix-up where the class p at the max went into its loop (classes [c0, c)):
+ * the lane of acc[4] that counted p summed again without it, and where mass, the lane of
+ * mm[2] (the mass of vectors 0 and 2 went into mm[0], of 1 and 3 into mm[1]) and wq_p. */
+static XENT_TARGET __attribute__((noinline)) void XN(fix_lanes)(
+    const T* a, ptrdiff_t c0, ptrdiff_t c, V vm, ptrdiff_t p, V* acc, XN(mass_t)* mass, V* mm
+) {
+    ptrdiff_t j = (p - c0) / W & 3, l = (p - c0) % W;
+    acc[j] = XN(set_lane)(acc[j], l, XN(lane_exp_but)(a, c0 + j * W + l, c, 4 * W, vm, p, 1));
+    if (mass) {
+        mm[j & 1] = XN(set_lane)(mm[j & 1], l, XN(lane_mass_but)(mass, c0 + (j & 1) * W + l, c, p));
+        mass->wq_p = (mass->q ? mass->q[p] * mass->onem + mass->smooth : mass->smooth) * (mass->w ? mass->w[p] : 1);
+    }
+}
+
 /* sum_{c != p} exp(A_c - m) for the row's finite max m (p outside [0, C): every class),
  * the terms (p's too) into e unless it is NULL, four vectors at a time; the next row
  * (next, same length) is prefetched meanwhile. Float partial sums per block of BLK
  * classes, double across blocks. mass (an always_inline constant pointer, NULL or not):
- * the target mass too, so that A and Q are each read once in this pass. The four vectors
- * that hold p go through the loop's one extra iteration, which leaves p out: no
- * instruction is added per class. */
+ * the target mass too, so that A and Q are each read once in this pass. The loop over
+ * the classes is the one without p (a loop that stopped at p's four vectors held the
+ * accumulators in memory: 11 instructions more per four vectors, 8 % in callgrind at
+ * C = 1000); the lane it counted p in is summed again after it. */
 XI double XN(sum_exp_le0_impl)(
     const T* a, ptrdiff_t C, T m, T* e, const T* next, XN(mass_t)* mass, ptrdiff_t p
 ) {
@@ -265,52 +313,42 @@ XI double XN(sum_exp_le0_impl)(
     double s = 0.0;
     for (ptrdiff_t c0 = 0; c0 < C; c0 += BLK) {
         ptrdiff_t end = c0 + BLK < C ? c0 + BLK : C, c = c0;
-        ptrdiff_t stop = p >= c0 && p < end ? c0 + (p - c0) / (4 * W) * (4 * W) : end;
         V acc0 = zero, acc1 = zero, acc2 = zero, acc3 = zero, mt0 = zero, mt1 = zero, mm0 = zero, mm1 = zero;
-        for (;;) {
-            for (; c + 4 * W <= stop; c += 4 * W) {
-                XN(prefetch4)(next, c);
-                if (mass && mass->next_q)
-                    XN(prefetch4)(mass->next_q, c);
-                a0 = XN(load)(a + c);
-                a1 = XN(load)(a + c + W);
-                a2 = XN(load)(a + c + 2 * W);
-                a3 = XN(load)(a + c + 3 * W);
-                x0 = XN(exp_le0)(a0 - vm);
-                x1 = XN(exp_le0)(a1 - vm);
-                x2 = XN(exp_le0)(a2 - vm);
-                x3 = XN(exp_le0)(a3 - vm);
-                acc0 += x0;
-                acc1 += x1;
-                acc2 += x2;
-                acc3 += x3;
-                if (e) {
-                    XN(store)(e + c, x0);
-                    XN(store)(e + c + W, x1);
-                    XN(store)(e + c + 2 * W, x2);
-                    XN(store)(e + c + 3 * W, x3);
-                }
-                if (mass) {
-                    XN(mass_acc)(&mt0, &mm0, XN(target_mass)(mass->q, mass->w, c, mass->onem, mass->smooth), vm, a0);
-                    XN(mass_acc)(&mt1, &mm1, XN(target_mass)(mass->q, mass->w, c + W, mass->onem, mass->smooth), vm, a1);
-                    XN(mass_acc)(&mt0, &mm0, XN(target_mass)(mass->q, mass->w, c + 2 * W, mass->onem, mass->smooth), vm, a2);
-                    XN(mass_acc)(&mt1, &mm1, XN(target_mass)(mass->q, mass->w, c + 3 * W, mass->onem, mass->smooth), vm, a3);
-                }
+        for (; c + 4 * W <= end; c += 4 * W) {
+            XN(prefetch4)(next, c);
+            if (mass && mass->next_q)
+                XN(prefetch4)(mass->next_q, c);
+            a0 = XN(load)(a + c);
+            a1 = XN(load)(a + c + W);
+            a2 = XN(load)(a + c + 2 * W);
+            a3 = XN(load)(a + c + 3 * W);
+            x0 = XN(exp_le0)(a0 - vm);
+            x1 = XN(exp_le0)(a1 - vm);
+            x2 = XN(exp_le0)(a2 - vm);
+            x3 = XN(exp_le0)(a3 - vm);
+            acc0 += x0;
+            acc1 += x1;
+            acc2 += x2;
+            acc3 += x3;
+            if (e) {
+                XN(store)(e + c, x0);
+                XN(store)(e + c + W, x1);
+                XN(store)(e + c + 2 * W, x2);
+                XN(store)(e + c + 3 * W, x3);
             }
-            if (stop == end)
-                break;
-            if (c + 4 * W <= end) {
-                /* the four vectors that hold p */
-                XN(prefetch4)(next, c);
-                if (mass && mass->next_q)
-                    XN(prefetch4)(mass->next_q, c);
-                acc0 += XN(exp_term_but)(a, c, vm, e, mass, &mt0, &mm0, p - c);
-                acc1 += XN(exp_term_but)(a, c + W, vm, e, mass, &mt1, &mm1, p - c - W);
-                acc2 += XN(exp_term_but)(a, c + 2 * W, vm, e, mass, &mt0, &mm0, p - c - 2 * W);
-                acc3 += XN(exp_term_but)(a, c + 3 * W, vm, e, mass, &mt1, &mm1, p - c - 3 * W);
-                c += 4 * W;
+            if (mass) {
+                XN(mass_acc)(&mt0, &mm0, XN(target_mass)(mass->q, mass->w, c, mass->onem, mass->smooth), vm, a0);
+                XN(mass_acc)(&mt1, &mm1, XN(target_mass)(mass->q, mass->w, c + W, mass->onem, mass->smooth), vm, a1);
+                XN(mass_acc)(&mt0, &mm0, XN(target_mass)(mass->q, mass->w, c + 2 * W, mass->onem, mass->smooth), vm, a2);
+                XN(mass_acc)(&mt1, &mm1, XN(target_mass)(mass->q, mass->w, c + 3 * W, mass->onem, mass->smooth), vm, a3);
             }
-            stop = end;
+        }
+        if (p >= c0 && p < c) {
+            /* p went into a lane of the loop's accumulators: that lane again without it
+             * (out of line: inline, its registers cost the mass loop 5 instructions a turn) */
+            V acc[4] = {acc0, acc1, acc2, acc3}, mm[2] = {mm0, mm1};
+            XN(fix_lanes)(a, c0, c, vm, p, acc, mass, mm);
+            acc0 = acc[0], acc1 = acc[1], acc2 = acc[2], acc3 = acc[3], mm0 = mm[0], mm1 = mm[1];
         }
         for (; c + W <= end; c += W) {
             if ((size_t)(p - c) < (size_t)W) {
@@ -444,6 +482,10 @@ XI XN(sums_t) XN(sums)(double rest, ptrdiff_t p) {
     return r;
 }
 
+/* log s, from s - 1 where that is below 1 (log1p keeps its digits however small), else from
+ * s (as exact there, and libm's log1p costs 5 % of a C = 1000 float32 forward pass). */
+XI double XN(log_s)(XN(sums_t) r) { return r.s1 < 1.0 ? log1p(r.s1) : log(r.s); }
+
 /* m = max_c A_c and its sums (a non-finite max shifts by 0 instead; a NaN logit makes s
  * NaN), exp(A_c - m) into e[0, C) unless e is NULL. next: the row after this one (or this
  * one again), prefetched meanwhile. y, find: which class at the max is left out of s1,
@@ -567,7 +609,7 @@ static XENT_TARGET double XN(index_row)(const xent_args* k, const T* a, ptrdiff_
         r = XN(max_sum_exp)(a, C, g ? e : NULL, &m, next, y, 0);
     }
     /* log s = log1p(s - 1): where A_y is the max, s - 1 keeps its digits however small */
-    log_s = log1p(r.s1);
+    log_s = XN(log_s)(r);
     if ((1.0 - eps) * w_y != 0.0)
         /* (1 - eps) w_y (-log p_y): skipped at zero mass, where A_y may be -inf */
         loss = (1.0 - eps) * w_y * (((double)m - a_y) + log_s);
@@ -628,7 +670,7 @@ static XENT_TARGET double XN(prob_row)(
         }
     }
     /* loss = sum_c w_c q_c ((m - A_c) + log s); a NaN logit gives NaN, even at zero mass */
-    return isnan(r.s) ? NAN : total_mass != 0.0 ? mass.t + total_mass * log1p(r.s1) : mass.t;
+    return isnan(r.s) ? NAN : total_mass != 0.0 ? mass.t + total_mass * XN(log_s)(r) : mass.t;
 }
 
 #if XENT_AVX512 && XENT_F32
@@ -894,16 +936,17 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
         } else {
             /* the target's term left out of s where it is the max: there at[y] = 0 */
             at_max = keep & m_finite & (a_y == m);
-            IV y_max = y | ~at_max;  /* y there, -1 elsewhere */
+            IV y_max = y | ~at_max, cv = (IV){0};  /* y there, -1 elsewhere; cv: c in every lane */
             XENT_UNROLL
             for (ptrdiff_t c = 0; c < C; c++) {
-                at[c] = XN(select)(y_max == (IV){0} + (XN(int_t))c, zero, XN(exp)(at[c] - m));
+                at[c] = XN(select)(y_max == cv, zero, XN(exp)(at[c] - m));
                 s += at[c];
+                cv += 1;
             }
             s1 = XN(select)(at_max, s, s - 1);
             s = XN(select)(at_max, s + 1, s);
         }
-        V log_s = XN(log1p)(s1), wy1 = onem * w_y;
+        V log_s = XN(log1p_of)(s, s1), wy1 = onem * w_y;
         /* what a row that is not computed holds: 0 where ignored, NaN where its index is bad */
         V fill = (V)((y == -2) & (IV)XN(splat)(NAN));
         if (k->Q) {
@@ -933,8 +976,10 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
             /* k1 + k1_lo = sum_k w_k q_k / s to twice the precision (k1 >= total / 2 where
              * s <= 2, so total - k1 is exact; 0 where not finite): at a class at the max,
              * e_c = 1, so (k1 - w_c q_c) is exact too, and the gradient keeps its digits
-             * where w_c q_c is all of the mass (one-hot targets) */
-            V k1_lo = (total - k1) - total * s1 / s;
+             * where w_c q_c is all of the mass (one-hot targets). total (s - 1) / s as
+             * (s - 1) k1: no second division (one costs more than the rest of a C = 3 row's
+             * gradient), and what it leaves out, (s - 1) k1_lo, is below ulp(k1_lo) */
+            V k1_lo = (total - k1) - s1 * k1;
             k1_lo = XN(select)(XN(isfinite)(k1_lo), k1_lo, zero);
             XENT_UNROLL
             for (ptrdiff_t c = 0; c < C; c++)
@@ -942,9 +987,10 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
         } else {
             V mass_y = wy1 + smooth * w_y;
             /* where y is at the max (at[y] = 0 there), the mass that makes its gradient
-             * (eps / C)(sum_k w_k - w_y) - total (s - 1) / s: p_y - 1 = -(s - 1) / s */
+             * (eps / C)(sum_k w_k - w_y) - total (s - 1) / s: p_y - 1 = -(s - 1) / s, and
+             * total (s - 1) / s = (s - 1) k1 (no second division) */
             V delta = smoothing ? smooth * ((T)k->w_sum - w_y) : zero;
-            mass_y = XN(select)(at_max, total * s1 / s - delta, mass_y);
+            mass_y = XN(select)(at_max, s1 * k1 - delta, mass_y);
             const T* w_off = smoothing ? w : NULL;  /* off the target, q_c = 0 without smoothing */
             XENT_UNROLL
             for (ptrdiff_t c = 0; c < C; c++) {
@@ -1043,7 +1089,7 @@ static XENT_TARGET void XN(softmax)(const xent_args* k, ptrdiff_t begin, ptrdiff
          * left out of it), so that log p = -log s keeps its digits at the max of a confident row */
         XN(sums_t) r = XN(max_sum_exp)(a, C, k->log_space ? NULL : e, &m, i + 1 < end ? ROW(k->A, k->a_stride, i + 1) : a,
                                        -1, k->log_space);
-        V vm = XN(splat)(m), f = XN(splat)(k->log_space ? (T)log1p(r.s1) : (T)(1.0 / r.s)), v;
+        V vm = XN(splat)(m), f = XN(splat)(k->log_space ? (T)XN(log_s)(r) : (T)(1.0 / r.s)), v;
         for (ptrdiff_t c = 0; c < C; c += W) {
             v = c + W <= C ? XN(load)(k->log_space ? a + c : e + c) : XN(load_part)(k->log_space ? a + c : e + c, C - c, 0);
             /* log p_c = (A_c - m) - log s; p_c = exp(A_c - m) / s */
@@ -1063,7 +1109,7 @@ static XENT_TARGET void XN(logsumexp)(const xent_args* k, ptrdiff_t begin, ptrdi
         /* (log1p(s - 1), as in log_softmax: the digits of a tiny log s where m is 0 or small) */
         XN(sums_t) r = XN(max_sum_exp)(ROW(k->A, k->a_stride, i), k->C, NULL, &m,
                                        ROW(k->A, k->a_stride, i + 1 < end ? i + 1 : i), -1, 1);
-        ((T*)k->out)[i] = (T)(m + log1p(r.s1));
+        ((T*)k->out)[i] = (T)(m + XN(log_s)(r));
     }
 }
 

@@ -269,9 +269,10 @@ XI V XN(log_impl)(V x, V d, const int p1) {
     e = XN(select)(big, e + 1, e);
     V num = m - 1, den = m + 1;
     if (p1) {
-        IV unreduced = e == 0;
-        num = XN(select)(unreduced, d, num);
-        den = XN(select)(unreduced, 2 + d, den);
+        /* e = 0 where x is in (sqrt2 / 2, sqrt2], told from x itself (not from e, whose
+         * chain the division would wait for); m - 1 is exact, so num + 2 is m + 1 */
+        num = XN(select)((x > sqrt2 * 0.5f) & (x <= sqrt2), d, num);
+        den = num + 2;
     }
     V u = num / den;
     V u2 = u * u;
@@ -303,8 +304,9 @@ XI V XN(log_impl)(V x, V d, const int p1) {
 
 XI V XN(log)(V x) { return XN(log_impl)(x, x, 0); }
 
-/* log(1 + d) for d >= -1 (or +inf, NaN). */
-XI V XN(log1p)(V d) { return XN(log_impl)(1 + d, d, 1); }
+/* log(1 + d) for d >= -1 (or +inf, NaN), x = 1 + d rounded: log1p, for a d whose sum with 1
+ * the caller has. */
+XI V XN(log1p_of)(V x, V d) { return XN(log_impl)(x, d, 1); }
 
 /* The lane l set (l in [0, W); none for l outside it, if small: |l| < 2^31). */
 XI IV XN(lane_is)(ptrdiff_t l) {
