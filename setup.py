@@ -54,7 +54,8 @@ extensions = [
         ["xentcy/_cpu/_core.pyx"],
         include_dirs=["xentcy/_cpu"],
         depends=[
-            f"xentcy/_cpu/{h}" for h in ("xent_dispatch.h", "xent_pair.h", "xent_rows.h", "xent_simd.h")
+            f"xentcy/_cpu/{h}"
+            for h in ("xent_dispatch.h", "xent_eval.h", "xent_pair.h", "xent_rows.h", "xent_simd.h")
         ],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
     )

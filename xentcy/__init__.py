@@ -14,16 +14,21 @@ except ImportError as err:  # pragma: no cover - exercised only on an unbuilt tr
     ) from err
 
 from ._api import cross_entropy, cross_entropy_grad, log_softmax, logsumexp, loss_and_grad, softmax
+from ._eval import Evaluation, Evaluator, evaluate, target_rank
 from ._loss import CrossEntropyLoss
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CrossEntropyLoss",
+    "Evaluation",
+    "Evaluator",
     "cross_entropy",
     "cross_entropy_grad",
+    "evaluate",
     "log_softmax",
     "logsumexp",
     "loss_and_grad",
     "softmax",
+    "target_rank",
 ]

@@ -132,3 +132,27 @@ def cross_entropy_rows(
         q = _rows(call.target, axis)
         _core.cross_entropy_prob(a, q, weight, has_weight, eps, grad_scale, g, want_grad, loss)
     return loss.reshape(call.batch_shape), (grad.finish() if grad is not None else None)
+
+
+def evaluate_rows(call: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(losses, ranks, entropies) per sample, batch-shaped, in one pass over each row (the
+    loss from the cross-entropy rows instead where there is smoothing or probability targets,
+    which the evaluation kernel leaves out)."""
+    logits, axis = call.logits, call.axis
+    a = _rows(logits, axis)
+    n_rows = a.shape[0]
+    loss = np.empty(n_rows, np.float64)
+    rank = np.empty(n_rows, np.intp)
+    entropy = np.empty(n_rows, np.float64)
+    if call.class_indices:
+        weight, has_weight = _weight(call, logits.dtype)
+        y, ignore_index = _class_indices(call), call.ignore_index
+    else:
+        # the rank of each row's most probable class (first on ties); every row counts
+        weight, has_weight = np.empty(0, logits.dtype), False
+        y, ignore_index = np.argmax(_rows(call.target, axis), axis=1).astype(np.intp), -1
+    _core.evaluate_index(a, y, weight, has_weight, ignore_index, loss, rank, entropy)
+    shape = call.batch_shape
+    if not call.class_indices or call.label_smoothing != 0.0:
+        loss, _ = cross_entropy_rows(call, want_grad=False, out=None, grad_scale=0.0)
+    return loss.reshape(shape), rank.astype(np.int64, copy=False).reshape(shape), entropy.reshape(shape)

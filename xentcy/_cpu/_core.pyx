@@ -54,12 +54,15 @@ cdef extern from "xent_dispatch.h" nogil:
         ptrdiff_t C
         int log_space
         int nt_store
+        ptrdiff_t* rank
+        double* entropy
     ctypedef void (*xent_rows_fn)(const xent_args*, ptrdiff_t, ptrdiff_t, void*) noexcept nogil
     ctypedef struct xent_kernels:
         const char* name
         xent_rows_fn cross_entropy[2]
         xent_rows_fn softmax[2]
         xent_rows_fn logsumexp[2]
+        xent_rows_fn evaluate[2]
         void (*exp_f32)(const float*, float*, ptrdiff_t) noexcept nogil
         void (*exp_f64)(const double*, double*, ptrdiff_t) noexcept nogil
         void (*count_kept)(const ptrdiff_t*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t*, ptrdiff_t*) noexcept nogil
@@ -265,6 +268,47 @@ def cross_entropy_prob(
     k.w = &weight[0] if has_weight else NULL
     k.eps, k.scale = eps, scale
     _run_cross_entropy(&k, G, want_grad, loss, N, C)
+
+
+def evaluate_index(
+    const floating[:, :] A,
+    const Py_ssize_t[::1] y,
+    const floating[::1] weight,
+    bint has_weight,
+    Py_ssize_t ignore_index,
+    double[::1] loss,
+    Py_ssize_t[::1] rank,
+    double[::1] entropy,
+):
+    """Per row of class-index targets, in one pass: the loss (weighted, no smoothing) into
+    ``loss``, the target's rank into ``rank`` (-1 where ignored, C for a NaN row) and the
+    entropy of the row's softmax into ``entropy`` (0 where ignored)."""
+    cdef Py_ssize_t N = A.shape[0], C = A.shape[1]
+    cdef xent_args k
+    if C < 1:
+        raise ValueError("A must have at least one class, got C = 0")
+    _check_rows("A", A, N, C)
+    if has_weight:
+        _check_length("weight", weight.shape[0], C)
+    _check_length("y", y.shape[0], N)
+    _check_length("loss", loss.shape[0], N)
+    _check_length("rank", rank.shape[0], N)
+    _check_length("entropy", entropy.shape[0], N)
+    if N == 0:
+        return
+    k.A = <const char*>&A[0, 0]
+    k.a_stride = A.strides[0]
+    k.y = <const ptrdiff_t*>&y[0]
+    k.Q = NULL
+    k.w = &weight[0] if has_weight else NULL
+    k.ignore_index = ignore_index
+    k.G = NULL
+    k.out = &loss[0]
+    k.rank = <ptrdiff_t*>&rank[0]
+    k.entropy = &entropy[0]
+    k.C = C
+    with nogil:
+        _run(_kernels.evaluate[_dtype(<floating*>NULL)], &k, N, _threads(N, C), NULL, 0)
 
 
 def softmax(const floating[:, :] A, floating[:, :] out, bint log_space):

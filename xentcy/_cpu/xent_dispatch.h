@@ -41,6 +41,8 @@ typedef struct {
     ptrdiff_t C;
     int log_space;
     int nt_store;         /* write G with non-temporal stores (G much larger than the caches) */
+    ptrdiff_t* rank;      /* the evaluation rows' outputs besides the loss (out) */
+    double* entropy;
 } xent_args;
 
 /* The rows [begin, end) of a call; scratch holds C + C / 64 + 2 values of the dtype, per thread. */
@@ -51,6 +53,7 @@ typedef struct {
     xent_rows_fn cross_entropy[2];  /* [0] float, [1] double */
     xent_rows_fn softmax[2];
     xent_rows_fn logsumexp[2];
+    xent_rows_fn evaluate[2];
     void (*exp_f32)(const float*, float*, ptrdiff_t);
     void (*exp_f64)(const double*, double*, ptrdiff_t);
     void (*count_kept)(const ptrdiff_t*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t*, ptrdiff_t*);
@@ -98,6 +101,7 @@ typedef struct {
      {cross_entropy_##isa##_f32, cross_entropy_##isa##_f64},                                \
      {softmax_##isa##_f32, softmax_##isa##_f64},                                            \
      {logsumexp_##isa##_f32, logsumexp_##isa##_f64},                                        \
+     {evaluate_##isa##_f32, evaluate_##isa##_f64},                                          \
      exp_array_##isa##_f32, exp_array_##isa##_f64,                                          \
      count_kept_##isa##_idx}
 

@@ -1122,6 +1122,8 @@ static XENT_TARGET void XN(exp_array)(const T* x, T* out, ptrdiff_t n) {
         XN(store_part)(out + c, XN(exp)(XN(load_part)(x + c, n - c, 0)), n - c);
 }
 
+#include "xent_eval.h"
+
 #undef XENT_VX
 #undef XENT_NATIVE
 #undef XENT_TR_C

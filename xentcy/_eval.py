@@ -1,0 +1,665 @@
+"""Batch evaluation: loss, perplexity, top-k accuracy and entropy over data of any size.
+
+The per-row metrics (loss, the target's rank, the entropy of the softmax) come from one
+pass over each row where the backend has a kernel for it (the CPU core); the sums behind
+the means are float64 and the counts integers, so batches, shards and workers merge exactly.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import numbers
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from array_api_compat import device as _device
+from array_api_compat import is_numpy_namespace
+
+from . import _checks, _dispatch
+
+# ---------------------------------------------------------------------------------------
+# per-row metrics
+
+
+def _generic_row_metrics(call: _checks.CrossEntropyCall, effective_y: Any) -> tuple[Any, Any]:
+    """(ranks, entropies) of the rows, with array-API calls only (every backend without a
+    kernel for them). ``effective_y``: the class whose rank is wanted, per row (int64,
+    batch-shaped; ignore_index where the row does not count)."""
+    xp = call.xp
+    logits = call.logits
+    work = xp.float32 if xp.finfo(logits.dtype).bits < 32 else logits.dtype
+    a = xp.moveaxis(xp.astype(logits, work), call.axis, -1)
+    num_classes = call.num_classes
+    kept = effective_y != call.ignore_index
+    y = xp.where(kept, effective_y, xp.zeros_like(effective_y))
+    classes = xp.arange(num_classes, device=_device(a))
+    is_y = classes == y[..., None]
+    a_y = xp.sum(xp.where(is_y, a, xp.zeros_like(a)), axis=-1, keepdims=True)
+    beats = (a > a_y) | ((a == a_y) & (classes < y[..., None]))
+    rank = xp.sum(xp.astype(beats, xp.int64), axis=-1)
+    nan_row = xp.any(xp.isnan(a), axis=-1)
+    rank = xp.where(nan_row, xp.full_like(rank, num_classes), rank)
+    rank = xp.where(kept, rank, xp.full_like(rank, -1))
+    m = xp.max(a, axis=-1, keepdims=True)
+    finite = xp.isfinite(m)
+    z = a - xp.where(finite, m, xp.zeros_like(m))
+    e = xp.exp(z)
+    s = xp.sum(e, axis=-1)
+    t = xp.sum(xp.where(e != 0, -e * z, xp.zeros_like(e)), axis=-1)
+    entropy = xp.log(s) + t / s
+    entropy = xp.where(finite[..., 0], entropy, xp.full_like(entropy, math.nan))
+    entropy = xp.where(kept, entropy, xp.zeros_like(entropy))
+    return rank, entropy
+
+
+def _argmax_first(xp: Any, x: Any) -> Any:
+    """The first index of the max along the last axis (NumPy's rule), int64."""
+    return xp.astype(xp.argmax(x, axis=-1), xp.int64)
+
+
+def _effective_target(call: _checks.CrossEntropyCall) -> Any:
+    """The class whose rank is measured: the index itself, or the probability row's argmax."""
+    if call.class_indices:
+        return call.target
+    xp = call.xp
+    return _argmax_first(xp, xp.moveaxis(call.target, call.axis, -1))
+
+
+def row_metrics(backend: Any, call: _checks.CrossEntropyCall) -> tuple[Any, Any, Any]:
+    """(losses, ranks, entropies) per sample, batch-shaped: losses as the backend's
+    cross_entropy_rows gives them (float64), ranks int64 (-1 where ignored), entropies (0
+    where ignored)."""
+    fused = getattr(backend, "evaluate_rows", None)
+    if fused is not None:
+        return fused(call)
+    losses, _ = backend.cross_entropy_rows(call, want_grad=False, out=None, grad_scale=0.0)
+    ranks, entropies = _generic_row_metrics(call, _effective_target(call))
+    return losses, ranks, entropies
+
+
+# ---------------------------------------------------------------------------------------
+# the result
+
+
+def _check_top_k(top_k: Any) -> tuple[int, ...]:
+    if isinstance(top_k, numbers.Integral) and not isinstance(top_k, bool):
+        top_k = (top_k,)
+    try:
+        if isinstance(top_k, (str, bytes)):
+            raise TypeError
+        ks = tuple(top_k)
+    except TypeError:
+        raise TypeError(f"top_k must be an int or a sequence of ints, got {type(top_k).__name__}") from None
+    for k in ks:
+        if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"top_k must hold integers >= 1, got {k!r}")
+    if not ks:
+        raise ValueError("top_k must hold at least one k, got none")
+    return tuple(sorted({int(k) for k in ks}))
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else math.nan
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The metrics of an evaluation and the exact sums behind them.
+
+    Attributes
+    ----------
+    loss : float
+        The mean loss, with PyTorch's denominator: ``loss_sum / denominator`` (the sum
+        of the target classes' weights over the counted rows, or their number).
+    perplexity : float
+        ``exp(loss)``; with label smoothing, of the smoothed loss.
+    accuracy : dict of int to float
+        For each k of ``top_k``, the fraction of counted rows whose target ranks below k
+        (top-1 accuracy at k = 1). Unweighted.
+    entropy : float
+        The mean entropy of the rows' softmax (nats), over the counted rows. Unweighted.
+    count : int
+        The counted rows (not ignored).
+    loss_sum, denominator, entropy_sum : float
+        The float64 sums behind the means.
+    correct : dict of int to int
+        For each k, the counted rows whose target ranks below k.
+    kl_divergence, top1_agreement : float or None
+        With reference logits: the mean KL(p_ref || p) (nats) and the fraction of rows
+        where both models' argmax agree; None without.
+    kl_sum : float
+    agreement_count, reference_count : int
+        The sums behind them.
+    """
+
+    loss: float
+    perplexity: float
+    accuracy: dict[int, float]
+    entropy: float
+    count: int
+    loss_sum: float
+    denominator: float
+    entropy_sum: float
+    correct: dict[int, int]
+    kl_divergence: float | None = None
+    top1_agreement: float | None = None
+    kl_sum: float = 0.0
+    agreement_count: int = 0
+    reference_count: int = 0
+
+    def __repr__(self) -> str:
+        acc = ", ".join(f"{k}: {v:.4f}" for k, v in self.accuracy.items())
+        parts = [
+            f"count={self.count}",
+            f"loss={self.loss:.6g}",
+            f"perplexity={self.perplexity:.6g}",
+            f"accuracy={{{acc}}}",
+            f"entropy={self.entropy:.6g}",
+        ]
+        if self.kl_divergence is not None:
+            parts += [f"kl_divergence={self.kl_divergence:.6g}", f"top1_agreement={self.top1_agreement:.4f}"]
+        return f"Evaluation({', '.join(parts)})"
+
+
+# ---------------------------------------------------------------------------------------
+# the accumulator
+
+_SUMS = ("loss_sum", "denominator", "entropy_sum", "kl_sum")
+_COUNTS = ("count", "agreement_count", "reference_count")
+
+
+@dataclass
+class _State:
+    loss_sum: Any = 0.0
+    denominator: Any = 0.0
+    entropy_sum: Any = 0.0
+    count: Any = 0
+    correct: dict[int, Any] = field(default_factory=dict)
+    kl_sum: Any = 0.0
+    agreement_count: Any = 0
+    reference_count: Any = 0
+    batches: int = 0
+
+
+def _denominator(backend: Any, call: _checks.CrossEntropyCall) -> Any:
+    """D of the call (and the class-index range check), as xentcy.cross_entropy forms it."""
+    if hasattr(backend, "denominator"):  # Dask: lazily, chunk by chunk
+        return backend.denominator(call)
+    return _checks.denominator(call, getattr(backend, "class_index_summary", None))
+
+
+def _host(value: Any) -> Any:
+    """A Python number from a float, an int or a 0-d array (the one read-back of a device
+    sum; a lazy one is computed here)."""
+    if isinstance(value, (int, float)):
+        return value
+    if hasattr(value, "compute"):
+        value = value.compute()
+    if hasattr(value, "item"):
+        return value.item()
+    return float(value)
+
+
+class Evaluator:
+    """Metrics accumulated over batches: ``update`` for each, then ``result``.
+
+    Parameters
+    ----------
+    axis, weight, ignore_index, label_smoothing
+        As in :func:`xentcy.cross_entropy`, for every batch.
+    top_k : int or sequence of int, default (1, 5)
+        The k of the top-k accuracies.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xentcy as xc
+    >>> A = np.array([[2.0, 1.0, 0.1], [0.1, 2.0, 1.9]])
+    >>> ev = xc.Evaluator(top_k=(1, 2))
+    >>> ev.update(A[:1], np.array([1]))
+    >>> ev.update(A[1:], np.array([0]))
+    >>> r = ev.result()
+    >>> round(r.loss, 4), r.accuracy, r.count
+    (2.0185, {1: 0.0, 2: 0.5}, 2)
+    """
+
+    def __init__(
+        self,
+        *,
+        axis: int = -1,
+        weight: Any = None,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        top_k: Any = (1, 5),
+    ) -> None:
+        self.axis = axis
+        self.weight = weight
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+        self.top_k = _check_top_k(top_k)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every batch seen."""
+        self._state = _State(correct={k: 0 for k in self.top_k})
+
+    def _settings(self) -> tuple[Any, ...]:
+        return (self.axis, self.ignore_index, float(self.label_smoothing), self.top_k)
+
+    def update(self, logits: Any, target: Any = None, /, *, reference: Any = None) -> None:
+        """Add one batch: ``logits`` and its ``target`` (as :func:`xentcy.cross_entropy`
+        takes them), and optionally the ``reference`` logits of a second model (same shape),
+        for the KL divergence and the top-1 agreement; ``target`` may then be None.
+
+        Bad arguments raise at once, as in :func:`xentcy.cross_entropy`.
+        """
+        st = self._state
+        if target is not None:
+            xp = _dispatch.namespace(logits=logits, target=target, reference=reference)
+            backend = _dispatch.backend(xp, logits)
+            call = _checks.check_cross_entropy(
+                xp,
+                logits,
+                target,
+                axis=self.axis,
+                weight=self.weight,
+                ignore_index=self.ignore_index,
+                label_smoothing=self.label_smoothing,
+                reduction="sum",
+                dtypes=getattr(backend, "DTYPES", None),
+            )
+            denom = _denominator(backend, call)
+            losses, ranks, entropies = row_metrics(backend, call)
+            counted = ranks >= 0
+            st.loss_sum = st.loss_sum + _sum(xp, losses)
+            st.denominator = st.denominator + (
+                denom if isinstance(denom, float) else _host_or_device(xp, denom)
+            )
+            st.entropy_sum = st.entropy_sum + _sum(xp, entropies)
+            st.count = st.count + _count(xp, counted)
+            for k in self.top_k:
+                st.correct[k] = st.correct[k] + _count(xp, counted & (ranks < k))
+        else:
+            if reference is None:
+                raise ValueError("target may be None only with reference logits (for the KL divergence)")
+            xp = _dispatch.namespace(logits=logits, reference=reference)
+            counted = None
+        if reference is not None:
+            self._update_reference(xp, logits, reference, counted)
+        st.batches += 1
+
+    def _update_reference(self, xp: Any, logits: Any, reference: Any, counted: Any) -> None:
+        from ._api import log_softmax
+
+        if tuple(reference.shape) != tuple(logits.shape):
+            raise ValueError(
+                f"reference must have the logits' shape {tuple(logits.shape)}, got {tuple(reference.shape)}"
+            )
+        ax = _checks.normalize_axis(self.axis, logits.ndim)
+        lp = xp.moveaxis(log_softmax(logits, axis=ax), ax, -1)
+        lq = xp.moveaxis(log_softmax(reference, axis=ax), ax, -1)
+        acc = xp.float64 if is_numpy_namespace(xp) else lp.dtype
+        lp, lq = xp.astype(lp, acc), xp.astype(lq, acc)
+        q = xp.exp(lq)
+        # KL(q || p) = sum_c q_c (log q_c - log p_c); classes of zero reference mass add nothing
+        kl = xp.sum(xp.where(q != 0, q * (lq - lp), xp.zeros_like(q)), axis=-1)
+        agree = _argmax_first(xp, lp) == _argmax_first(xp, lq)
+        st = self._state
+        if counted is not None:
+            kl = xp.where(counted, kl, xp.zeros_like(kl))
+            agree = agree & counted
+            n = _count(xp, counted)
+        else:
+            n = math.prod(kl.shape)
+        st.kl_sum = st.kl_sum + _sum(xp, kl)
+        st.agreement_count = st.agreement_count + _count(xp, agree)
+        st.reference_count = st.reference_count + n
+
+    def merge(self, other: Evaluator) -> Evaluator:
+        """Add the batches of ``other`` (an evaluator of the same settings) to these; exact.
+
+        Returns self.
+        """
+        if not isinstance(other, Evaluator):
+            raise TypeError(f"other must be an Evaluator, got {type(other).__name__}")
+        if other._settings() != self._settings():
+            raise ValueError(
+                f"other evaluates with different settings: {other._settings()} against {self._settings()} "
+                "(axis, ignore_index, label_smoothing, top_k)"
+            )
+        a, b = self._state, other._state
+        for name in _SUMS + _COUNTS:
+            setattr(a, name, getattr(a, name) + getattr(b, name))
+        for k in self.top_k:
+            a.correct[k] = a.correct[k] + b.correct[k]
+        a.batches += b.batches
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sums and counts as plain Python numbers (reads device sums back), with the
+        settings they belong to: for a checkpoint, or for :meth:`load_state_dict`."""
+        st = self._computed()
+        out: dict[str, Any] = {name: float(_host(getattr(st, name))) for name in _SUMS}
+        out.update({name: int(_host(getattr(st, name))) for name in _COUNTS})
+        out["correct"] = {int(k): int(_host(v)) for k, v in st.correct.items()}
+        out["batches"] = st.batches
+        out["settings"] = {
+            "axis": self.axis,
+            "ignore_index": self.ignore_index,
+            "label_smoothing": float(self.label_smoothing),
+            "top_k": list(self.top_k),
+        }
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (the settings must agree)."""
+        settings = state.get("settings", {})
+        mine = self.state_dict()["settings"]
+        if {**settings, "top_k": list(settings.get("top_k", []))} != mine:
+            raise ValueError(f"the state was saved with settings {settings}, this evaluator has {mine}")
+        st = _State(
+            correct={int(k): int(v) for k, v in state["correct"].items()}, batches=int(state["batches"])
+        )
+        for name in _SUMS:
+            setattr(st, name, float(state[name]))
+        for name in _COUNTS:
+            setattr(st, name, int(state[name]))
+        self._state = st
+
+    def _computed(self) -> _State:
+        """The state with lazy (Dask) sums computed, all in one pass over their graphs."""
+        st = self._state
+        names = [n for n in _SUMS + _COUNTS if hasattr(getattr(st, n), "compute")]
+        ks = [k for k, v in st.correct.items() if hasattr(v, "compute")]
+        if not names and not ks:
+            return st
+        import dask
+
+        values = dask.compute(*[getattr(st, n) for n in names], *[st.correct[k] for k in ks])
+        out = _State(correct=dict(st.correct), batches=st.batches)
+        for n in _SUMS + _COUNTS:
+            setattr(out, n, getattr(st, n))
+        for n, v in zip(names, values[: len(names)], strict=True):
+            setattr(out, n, v)
+        for k, v in zip(ks, values[len(names) :], strict=True):
+            out.correct[k] = v
+        return out
+
+    def result(self) -> Evaluation:
+        """The metrics of every batch so far (the one read-back of device sums; Dask sums
+        are computed here, together)."""
+        st = self._computed()
+        loss_sum, denom = float(_host(st.loss_sum)), float(_host(st.denominator))
+        entropy_sum, count = float(_host(st.entropy_sum)), int(_host(st.count))
+        correct = {k: int(_host(v)) for k, v in st.correct.items()}
+        loss = _ratio(loss_sum, denom)
+        kl = agree = None
+        n_ref = int(_host(st.reference_count))
+        kl_sum, n_agree = float(_host(st.kl_sum)), int(_host(st.agreement_count))
+        if st.reference_count or n_ref:
+            kl, agree = _ratio(kl_sum, n_ref), _ratio(n_agree, n_ref)
+        return Evaluation(
+            loss=loss,
+            perplexity=math.exp(loss) if loss < 709.0 else (math.inf if loss == loss else math.nan),
+            accuracy={k: _ratio(v, count) for k, v in correct.items()},
+            entropy=_ratio(entropy_sum, count),
+            count=count,
+            loss_sum=loss_sum,
+            denominator=denom,
+            entropy_sum=entropy_sum,
+            correct=correct,
+            kl_divergence=kl,
+            top1_agreement=agree,
+            kl_sum=kl_sum,
+            agreement_count=n_agree,
+            reference_count=n_ref,
+        )
+
+
+def _sum(xp: Any, x: Any) -> Any:
+    """The float64 sum of x: a Python float for NumPy, a 0-d array elsewhere (no read-back)."""
+    if is_numpy_namespace(xp):
+        return float(np.sum(x, dtype=np.float64))
+    acc = _dispatch_accumulation_dtype(xp, x)
+    return xp.sum(xp.astype(x, acc))
+
+
+def _count(xp: Any, mask: Any) -> Any:
+    if is_numpy_namespace(xp):
+        return int(np.count_nonzero(mask))
+    return xp.sum(xp.astype(mask, xp.int64))
+
+
+def _host_or_device(xp: Any, x: Any) -> Any:
+    return float(x) if is_numpy_namespace(xp) else x
+
+
+def _dispatch_accumulation_dtype(xp: Any, x: Any) -> Any:
+    from ._generic import _accumulation_dtype
+
+    return _accumulation_dtype(xp, x)
+
+
+# ---------------------------------------------------------------------------------------
+# evaluate: one array (or memmap) in batches
+
+
+class _Progress:
+    """A one-line progress bar on stderr: rows done, rows/s, ETA."""
+
+    def __init__(self, total: int, stream: Any = None) -> None:
+        self.total, self.stream = total, stream or sys.stderr
+        self.start = time.perf_counter()
+        self.last = 0.0
+
+    def update(self, done: int, final: bool = False) -> None:
+        now = time.perf_counter()
+        if not final and now - self.last < 0.2:
+            return
+        self.last = now
+        elapsed = max(now - self.start, 1e-9)
+        rate = done / elapsed
+        eta = (self.total - done) / rate if rate > 0 else math.inf
+        frac = done / self.total if self.total else 1.0
+        bar = "#" * int(30 * frac)
+        eta_s = f"{eta:5.0f}s" if math.isfinite(eta) else "    ?"
+        self.stream.write(
+            f"\r[{bar:<30}] {done}/{self.total} rows  {rate:,.0f} rows/s  ETA {eta_s}"
+            + ("\n" if final else "")
+        )
+        self.stream.flush()
+
+
+def _batch_axis(axis: int, ndim: int) -> int:
+    return 0 if axis != 0 or ndim == 1 else 1
+
+
+def _batches(
+    logits: Any, target: Any, reference: Any, axis: int, batch_size: int | None
+) -> Iterator[tuple[Any, Any, Any, int]]:
+    """(logits, target, reference, rows) of each batch along the first batch axis; a memmap's
+    next batch is read by a second thread while the current one computes."""
+    ndim = logits.ndim
+    if batch_size is None or ndim == 1:
+        yield logits, target, reference, 1 if ndim == 1 else int(logits.shape[_batch_axis(axis, ndim)])
+        return
+    bax = _batch_axis(axis, ndim)
+    n = int(logits.shape[bax])
+    tax = bax if target is None or getattr(target, "ndim", 0) == ndim else bax - (1 if axis < bax else 0)
+
+    def take(x: Any, start: int, stop: int, ax: int) -> Any:
+        if x is None:
+            return None
+        index = (slice(None),) * ax + (slice(start, stop),)
+        part = x[index]
+        if isinstance(x, np.memmap):
+            # read into memory here (in the reader thread), not in the kernel
+            part = np.array(part)
+        return part
+
+    def load(start: int) -> tuple[Any, Any, Any, int]:
+        stop = min(start + batch_size, n)
+        return (
+            take(logits, start, stop, bax),
+            take(target, start, stop, tax) if hasattr(target, "shape") else target,
+            take(reference, start, stop, bax),
+            stop - start,
+        )
+
+    starts = range(0, n, batch_size)
+    if not any(isinstance(x, np.memmap) for x in (logits, target, reference)):
+        for start in starts:
+            yield load(start)
+        return
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="xentcy-reader") as pool:
+        pending = pool.submit(load, 0) if n else None
+        for start in starts:
+            batch = pending.result()
+            nxt = start + batch_size
+            pending = pool.submit(load, nxt) if nxt < n else None
+            yield batch
+
+
+def _check_batch_size(batch_size: Any) -> int | None:
+    if batch_size is None:
+        return None
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    return int(batch_size)
+
+
+def evaluate(
+    logits: Any,
+    target: Any,
+    /,
+    *,
+    axis: int = -1,
+    weight: Any = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    top_k: Any = (1, 5),
+    batch_size: int | None = None,
+    reference: Any = None,
+    progress: bool = False,
+) -> Evaluation:
+    """Loss, perplexity, top-k accuracy and entropy of ``logits`` against ``target``.
+
+    Each row is read once for its loss, its target's rank and its entropy (on NumPy
+    arrays, by the CPU core).
+
+    Parameters
+    ----------
+    logits, target, axis, weight, ignore_index, label_smoothing
+        As in :func:`xentcy.cross_entropy`. ``logits`` may be a NumPy memmap
+        (``np.load(path, mmap_mode="r")``) larger than memory; with ``batch_size``
+        at most two batches of it are in memory at once. ``target`` may be None with
+        ``reference``.
+    top_k : int or sequence of int, default (1, 5)
+        The k of the top-k accuracies.
+    batch_size : int, optional
+        Rows (along the first batch axis) per batch; None: the whole array at once.
+    reference : array, optional
+        Logits of a reference model, of the logits' shape: adds the mean KL divergence
+        KL(p_ref || p) and the top-1 agreement of the two models.
+    progress : bool, default False
+        A progress bar on stderr (rows done, rows/s, ETA).
+
+    Returns
+    -------
+    Evaluation
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`xentcy.cross_entropy`; a bad ``top_k`` or ``batch_size``.
+
+    See Also
+    --------
+    Evaluator : the same, for batches that arrive one at a time.
+    target_rank : the per-sample ranks.
+
+    Notes
+    -----
+    The mean loss divides by PyTorch's denominator; perplexity is ``exp`` of it (with
+    label smoothing, of the smoothed loss). The rank of a target counts the classes
+    whose logit beats it, ties going to the lower class index (rank 0 is
+    ``np.argmax(row) == y``); a row with a NaN logit has a NaN loss and entropy and counts
+    as wrong. Accuracy and entropy are unweighted means over the rows not ignored.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xentcy as xc
+    >>> A = np.array([[2.0, 1.0, 0.1], [0.1, 2.0, 1.9]])
+    >>> r = xc.evaluate(A, np.array([1, 0]), top_k=(1, 2))
+    >>> r
+    Evaluation(count=2, loss=2.01851, perplexity=7.52709, accuracy={1: 0.0000, 2: 0.5000}, entropy=0.874548)
+    >>> r.accuracy[2]
+    0.5
+    """
+    ev = Evaluator(
+        axis=axis, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing, top_k=top_k
+    )
+    batch_size = _check_batch_size(batch_size)
+    if not hasattr(logits, "ndim"):
+        _dispatch.namespace(logits=logits)  # the library's TypeError
+    ax = _checks.normalize_axis(axis, logits.ndim)
+    total = 1 if logits.ndim == 1 else int(logits.shape[_batch_axis(ax, logits.ndim)])
+    bar = _Progress(total) if progress else None
+    done = 0
+    for a, y, ref, rows in _batches(logits, target, reference, ax, batch_size):
+        ev.update(a, y, reference=ref)
+        done += rows
+        if bar is not None:
+            bar.update(done)
+    if bar is not None:
+        bar.update(done, final=True)
+    return ev.result()
+
+
+def target_rank(logits: Any, target: Any, /, *, axis: int = -1, ignore_index: int = -100) -> Any:
+    """The rank of each sample's target class among its logits.
+
+    The number of classes whose logit beats the target's, ties going to the lower class
+    index: rank 0 is ``argmax == target`` (NumPy's first-index rule), and ``rank < k``
+    is a top-k hit. A sample whose logits hold a NaN gets C (wrong at every k), an
+    ignored one -1. For probability targets, the rank of each row's most probable class.
+
+    Parameters
+    ----------
+    logits, target, axis, ignore_index
+        As in :func:`xentcy.cross_entropy`.
+
+    Returns
+    -------
+    array
+        int64 ranks shaped like the batch axes, of the logits' library and device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xentcy as xc
+    >>> xc.target_rank(np.array([[2.0, 1.0, 0.1], [0.1, 2.0, 2.0]]), np.array([1, 2]))
+    array([1, 1])
+    """
+    xp = _dispatch.namespace(logits=logits, target=target)
+    backend = _dispatch.backend(xp, logits)
+    call = _checks.check_cross_entropy(
+        xp,
+        logits,
+        target,
+        axis=axis,
+        weight=None,
+        ignore_index=ignore_index,
+        label_smoothing=0.0,
+        reduction="none",
+        dtypes=getattr(backend, "DTYPES", None),
+    )
+    _denominator(backend, call)  # the range check
+    _, ranks, _ = row_metrics(backend, call)
+    return ranks
