@@ -1,14 +1,20 @@
-"""Command line: ``python -m xentcy demo`` walks through the spec's worked example."""
+"""Command line: ``python -m xentcy demo`` walks through the spec's worked example;
+``python -m xentcy eval LOGITS TARGETS`` evaluates a model's saved logits."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 import xentcy
+import xentcy._checks
 
 # The worked example of cross-entropy.md: N = 2 samples, C = 3 classes.
 EXAMPLE_A = [[2.0, 1.0, 0.1], [0.1, 2.0, 1.9]]
@@ -62,6 +68,132 @@ def demo() -> str:
     return "\n\n".join(parts)
 
 
+EVAL_EPILOG = """\
+files:
+  LOGITS and TARGETS are .npy files (memory-mapped: read batch by batch, never loaded
+  whole) or members of an .npz archive, spelled FILE.npz:NAME (a compressed member is
+  loaded whole into memory). TARGETS holds class indices (one dimension fewer than
+  LOGITS) or class probabilities (LOGITS' shape).
+
+example:
+  python -m xentcy eval logits.npy labels.npy --top-k 1 5 --batch-size 4096
+  python -m xentcy eval run.npz:logits run.npz:labels --ignore-index -100 --json
+"""
+
+
+class CliError(Exception):
+    """A bad input, reported as one line on stderr (exit status 2)."""
+
+
+def _load(spec: str, what: str) -> Any:
+    """An array from FILE.npy (memory-mapped) or FILE.npz:NAME."""
+    path, _, member = spec.partition(".npz:")
+    if member:
+        path += ".npz"
+        if not os.path.exists(path):
+            raise CliError(f"{what}: no such file: {path}")
+        try:
+            archive = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise CliError(f"{what}: cannot read {path}: {exc}") from None
+        if member not in archive.files:
+            raise CliError(f"{what}: {path} has no member {member!r} (it has {', '.join(archive.files)})")
+        return archive[member]
+    if not os.path.exists(spec):
+        raise CliError(f"{what}: no such file: {spec}")
+    if spec.endswith(".npz"):
+        raise CliError(f"{what}: name the member of the archive: {spec}:NAME")
+    try:
+        return np.load(spec, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise CliError(f"{what}: cannot read {spec} as a .npy file: {exc}") from None
+
+
+def _default_batch_rows(logits: Any, axis: int) -> int:
+    """Rows of about 64 MiB of logits."""
+    row_bytes = max(1, logits.itemsize * logits.shape[axis])
+    return max(1, (64 << 20) // row_bytes)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _report_json(r: Any) -> str:
+    out = {
+        "count": r.count,
+        "loss": _finite_or_none(r.loss),
+        "perplexity": _finite_or_none(r.perplexity),
+        "accuracy": {str(k): _finite_or_none(v) for k, v in r.accuracy.items()},
+        "entropy": _finite_or_none(r.entropy),
+        "loss_sum": _finite_or_none(r.loss_sum),
+        "denominator": r.denominator,
+        "entropy_sum": _finite_or_none(r.entropy_sum),
+        "correct": {str(k): v for k, v in r.correct.items()},
+    }
+    return json.dumps(out)
+
+
+def _report_table(r: Any) -> str:
+    rows: list[list[object]] = [
+        ["rows counted", r.count],
+        ["loss (mean)", r.loss],
+        ["perplexity", r.perplexity],
+    ]
+    rows += [[f"top-{k} accuracy", v] for k, v in r.accuracy.items()]
+    rows.append(["entropy (mean, nats)", r.entropy])
+    return _table("xentcy eval", ["metric", "value"], rows)
+
+
+def evaluate_files(args: argparse.Namespace) -> int:
+    logits = _load(args.logits, "LOGITS")
+    target = _load(args.targets, "TARGETS")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CliError(f"--threads must be at least 1, got {args.threads}")
+        from xentcy._cpu import _core
+
+        _core.set_max_threads(args.threads)
+    if not hasattr(logits, "ndim") or logits.ndim < 1:
+        raise CliError(f"LOGITS must have at least one dimension, got shape {getattr(logits, 'shape', ())}")
+    try:
+        axis = xentcy._checks.normalize_axis(args.axis, logits.ndim)
+    except ValueError as exc:
+        raise CliError(f"--axis: {exc}") from None
+    batch = args.batch_size if args.batch_size is not None else _default_batch_rows(logits, axis)
+    if args.device == "cuda":
+        logits, target = _to_gpu_lazily(logits, target)
+    progress = sys.stderr.isatty() and not args.json
+    result = xentcy.evaluate(
+        logits,
+        target,
+        axis=axis,
+        ignore_index=args.ignore_index,
+        label_smoothing=args.label_smoothing,
+        top_k=tuple(args.top_k),
+        batch_size=batch,
+        progress=progress,
+        device=args.device,
+    )
+    print(_report_json(result) if args.json else _report_table(result))
+    return 0
+
+
+def _to_gpu_lazily(logits: Any, target: Any) -> tuple[Any, Any]:
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            raise CliError("--device cuda: CuPy sees no GPU")
+    except ImportError:
+        raise CliError("--device cuda needs CuPy (pip install cupy-cuda13x) and a GPU") from None
+    except CliError:
+        raise
+    except Exception as exc:  # CUDA runtime errors have no common base
+        raise CliError(f"--device cuda: no usable GPU: {exc}") from None
+    return logits, target
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m xentcy",
@@ -69,10 +201,72 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("demo", help="print the spec's worked example as xentcy computes it")
+    ev = commands.add_parser(
+        "eval",
+        help="loss, perplexity, top-k accuracy and entropy of saved logits",
+        description="Loss, perplexity, top-k accuracy and entropy of a model's logits against targets, "
+        "in one pass over each row, batch by batch (a progress bar on a terminal).",
+        epilog=EVAL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ev.add_argument("logits", metavar="LOGITS", help="logits: FILE.npy or FILE.npz:NAME (float32 or float64)")
+    ev.add_argument(
+        "targets", metavar="TARGETS", help="class indices or probabilities: FILE.npy or FILE.npz:NAME"
+    )
+    ev.add_argument(
+        "--axis",
+        type=int,
+        default=-1,
+        help="the class axis of LOGITS (default -1; PyTorch's (N, C, d1, ...) is 1)",
+    )
+    ev.add_argument(
+        "--top-k",
+        type=int,
+        nargs="+",
+        default=[1, 5],
+        metavar="K",
+        help="the k of the top-k accuracies (default: 1 5)",
+    )
+    ev.add_argument(
+        "--ignore-index", type=int, default=-100, help="class index that counts for nothing (default -100)"
+    )
+    ev.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=0.0,
+        help="epsilon in [0, 1] (default 0): the loss is the smoothed loss",
+    )
+    ev.add_argument(
+        "--batch-size", type=int, default=None, help="rows per batch (default: about 64 MiB of logits)"
+    )
+    ev.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the kernels run (cuda: CuPy and a GPU)",
+    )
+    ev.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: OpenMP's, OMP_NUM_THREADS)"
+    )
+    ev.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of the table; no progress bar"
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         print(demo())
         return 0
+    if args.command == "eval":
+        try:
+            return evaluate_files(args)
+        except CliError as exc:
+            print(f"xentcy eval: error: {exc}", file=sys.stderr)
+            return 2
+        except (ValueError, TypeError) as exc:
+            print(f"xentcy eval: error: {exc}", file=sys.stderr)
+            return 2
+        except MemoryError:
+            print("xentcy eval: error: out of memory (try a smaller --batch-size)", file=sys.stderr)
+            return 2
     parser.print_help()
     return 2
 

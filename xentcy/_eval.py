@@ -7,12 +7,10 @@ the means are float64 and the counts integers, so batches, shards and workers me
 
 from __future__ import annotations
 
-import concurrent.futures
 import math
 import numbers
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +18,7 @@ import numpy as np
 from array_api_compat import device as _device
 from array_api_compat import is_numpy_namespace
 
-from . import _checks, _dispatch
+from . import _checks, _dispatch, _stream
 
 # ---------------------------------------------------------------------------------------
 # per-row metrics
@@ -476,53 +474,12 @@ class _Progress:
 
 
 def _batch_axis(axis: int, ndim: int) -> int:
-    return 0 if axis != 0 or ndim == 1 else 1
+    """The axis batches are cut along: the first that is not the class axis."""
+    return 0 if axis != 0 else 1
 
 
-def _batches(
-    logits: Any, target: Any, reference: Any, axis: int, batch_size: int | None
-) -> Iterator[tuple[Any, Any, Any, int]]:
-    """(logits, target, reference, rows) of each batch along the first batch axis; a memmap's
-    next batch is read by a second thread while the current one computes."""
-    ndim = logits.ndim
-    if batch_size is None or ndim == 1:
-        yield logits, target, reference, 1 if ndim == 1 else int(logits.shape[_batch_axis(axis, ndim)])
-        return
-    bax = _batch_axis(axis, ndim)
-    n = int(logits.shape[bax])
-    tax = bax if target is None or getattr(target, "ndim", 0) == ndim else bax - (1 if axis < bax else 0)
-
-    def take(x: Any, start: int, stop: int, ax: int) -> Any:
-        if x is None:
-            return None
-        index = (slice(None),) * ax + (slice(start, stop),)
-        part = x[index]
-        if isinstance(x, np.memmap):
-            # read into memory here (in the reader thread), not in the kernel
-            part = np.array(part)
-        return part
-
-    def load(start: int) -> tuple[Any, Any, Any, int]:
-        stop = min(start + batch_size, n)
-        return (
-            take(logits, start, stop, bax),
-            take(target, start, stop, tax) if hasattr(target, "shape") else target,
-            take(reference, start, stop, bax),
-            stop - start,
-        )
-
-    starts = range(0, n, batch_size)
-    if not any(isinstance(x, np.memmap) for x in (logits, target, reference)):
-        for start in starts:
-            yield load(start)
-        return
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="xentcy-reader") as pool:
-        pending = pool.submit(load, 0) if n else None
-        for start in starts:
-            batch = pending.result()
-            nxt = start + batch_size
-            pending = pool.submit(load, nxt) if nxt < n else None
-            yield batch
+def _slice(x: Any, ax: int, start: int, stop: int) -> Any:
+    return None if x is None else x[(slice(None),) * ax + (slice(start, stop),)]
 
 
 def _check_batch_size(batch_size: Any) -> int | None:
@@ -546,6 +503,7 @@ def evaluate(
     batch_size: int | None = None,
     reference: Any = None,
     progress: bool = False,
+    device: str | None = None,
 ) -> Evaluation:
     """Loss, perplexity, top-k accuracy and entropy of ``logits`` against ``target``.
 
@@ -568,6 +526,11 @@ def evaluate(
         KL(p_ref || p) and the top-1 agreement of the two models.
     progress : bool, default False
         A progress bar on stderr (rows done, rows/s, ETA).
+    device : {None, "cpu", "cuda"}, optional
+        Where the kernels run for NumPy (or memmap) inputs: the CPU core (None, "cpu"), or
+        ``"cuda"``: each batch is copied through pinned host memory to the GPU on a copy
+        stream while the batch before computes (CuPy needed); the sums stay on the GPU
+        until the result is read.
 
     Returns
     -------
@@ -606,15 +569,45 @@ def evaluate(
         axis=axis, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing, top_k=top_k
     )
     batch_size = _check_batch_size(batch_size)
+    lane = _stream.lane_for(device)
     if not hasattr(logits, "ndim"):
         _dispatch.namespace(logits=logits)  # the library's TypeError
+    host = (logits, target, reference)
+    if device == "cuda" and not all(x is None or isinstance(x, np.ndarray) for x in host):
+        raise TypeError(
+            "device='cuda' streams NumPy arrays (or memmaps) to the GPU; for arrays already on it "
+            "(CuPy, torch CUDA) leave device unset"
+        )
     ax = _checks.normalize_axis(axis, logits.ndim)
-    total = 1 if logits.ndim == 1 else int(logits.shape[_batch_axis(ax, logits.ndim)])
-    bar = _Progress(total) if progress else None
-    done = 0
-    for a, y, ref, rows in _batches(logits, target, reference, ax, batch_size):
+    batched_target = target is None or (
+        hasattr(target, "ndim") and target.ndim in (logits.ndim, logits.ndim - 1)
+    )
+    if logits.ndim == 1 or not batched_target or (batch_size is None and device != "cuda"):
+        # one batch (a target of the wrong shape gets xentcy.cross_entropy's error here)
+        a, y, ref = lane.stage(0, [logits, target, reference])
+        lane.before_compute(0)
         ev.update(a, y, reference=ref)
-        done += rows
+        lane.after_compute(0)
+        lane.finish()
+        return ev.result()
+    bax = _batch_axis(ax, logits.ndim)
+    n = int(logits.shape[bax])
+    size = batch_size or max(n, 1)
+    tax = bax - (1 if target is not None and target.ndim == logits.ndim - 1 and ax < bax else 0)
+    n_batches = -(-n // size)
+
+    def parts_of(i: int) -> list[Any]:
+        lo, hi = i * size, min((i + 1) * size, n)
+        return [_slice(logits, bax, lo, hi), _slice(target, tax, lo, hi), _slice(reference, bax, lo, hi)]
+
+    use_slots = not isinstance(lane, _stream.HostLane) or any(isinstance(x, np.memmap) for x in host)
+    bar = _Progress(n) if progress else None
+    done = 0
+    for slot, (a, y, ref) in _stream.staged_batches(parts_of, n_batches, lane, use_slots):
+        lane.before_compute(slot)
+        ev.update(a, y, reference=ref)
+        lane.after_compute(slot)
+        done += int(a.shape[bax])
         if bar is not None:
             bar.update(done)
     if bar is not None:

@@ -34,3 +34,17 @@ def numpy_arrays_on(backend: Any) -> Iterator[Any]:
         yield backend
     finally:
         _dispatch.numpy_backend_override = previous
+
+
+@contextlib.contextmanager
+def cuda_lane(factory: Any) -> Iterator[Any]:
+    """Within the block, ``evaluate(..., device="cuda")`` drives its batches through the lane
+    ``factory()`` makes (``xentcy._stream.RecordingLane`` on the CPU) instead of the GPU's."""
+    from . import _stream
+
+    previous = _stream.cuda_lane_override
+    _stream.cuda_lane_override = factory
+    try:
+        yield factory
+    finally:
+        _stream.cuda_lane_override = previous

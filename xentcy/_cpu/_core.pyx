@@ -30,13 +30,16 @@ cdef extern from *:
     #include <omp.h>
     static int xentcy_openmp_enabled(void) { return 1; }
     static int xentcy_max_threads(void) { return omp_get_max_threads(); }
+    static void xentcy_set_threads(int n) { omp_set_num_threads(n); }
     #else
+    static void xentcy_set_threads(int n) { (void)n; }
     static int xentcy_openmp_enabled(void) { return 0; }
     static int xentcy_max_threads(void) { return 1; }
     #endif
     """
     int xentcy_openmp_enabled() nogil
     int xentcy_max_threads() nogil
+    void xentcy_set_threads(int n) nogil
 
 cdef extern from "xent_dispatch.h" nogil:
     ctypedef struct xent_args:
@@ -91,6 +94,20 @@ cdef const xent_kernels* _kernels = &xent_tables[xent_best_isa()]
 def openmp_enabled():
     """Whether this build runs rows on several OpenMP threads."""
     return bool(xentcy_openmp_enabled())
+
+
+def max_threads():
+    """The threads a call may run on (OpenMP's limit; 1 without OpenMP)."""
+    return xentcy_max_threads()
+
+
+def set_max_threads(int n):
+    """Let calls run on at most ``n`` threads (``omp_set_num_threads``); returns the previous limit."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    previous = xentcy_max_threads()
+    xentcy_set_threads(n)
+    return previous
 
 
 def isa():
