@@ -113,3 +113,19 @@ def test_dask_arrays_refuse_out_and_inplace(problem):
         xc.loss_and_grad(lazy_logits, lazy_target, axis=1, inplace=True)
     with pytest.raises(ValueError, match="out"):
         xc.loss_and_grad(lazy_logits, lazy_target, axis=1, out=da.zeros_like(lazy_logits))
+
+
+def test_cluster_evaluation_is_exact(client, problem):
+    # sums and counts merged across the chunks, not means of means; computed on the workers
+    logits, target, weight = problem
+    lazy_logits = da.from_array(logits, chunks=(70, 4, 2))
+    lazy_target = da.from_array(target, chunks=(50, 3))
+    ev = xc.Evaluator(axis=1, weight=weight, top_k=(1, 3))
+    ev.update(lazy_logits, lazy_target)
+    assert any(hasattr(v, "dask") for v in (ev._state.loss_sum, ev._state.count))  # still lazy
+    got = ev.result()
+    want = xc.evaluate(logits, target, axis=1, weight=weight, top_k=(1, 3))
+    assert got.count == want.count and got.correct == want.correct
+    assert got.loss == pytest.approx(want.loss, rel=1e-6)  # float32 per-sample values, two paths
+    assert got.entropy == pytest.approx(want.entropy, rel=1e-6)
+    assert got.denominator == pytest.approx(want.denominator, rel=1e-12)

@@ -301,3 +301,29 @@ def test_repr_is_readable():
     text = repr(r)
     assert text.startswith("Evaluation(count=2, loss=2.01851")
     assert "accuracy={1: 0.0000, 2: 0.5000}" in text
+
+
+def test_a_device_backend_raises_a_bad_index_at_result(xp):
+    # CuPy (and the CUDA backend on the CPU): update records it on the device, result raises it
+    from backends import backend_name
+
+    if backend_name(xp) not in ("cuda_host", "cupy"):
+        pytest.skip("the deferred check is the CUDA backend's")
+    A, y = data(30, 6)
+    bad = y.copy()
+    bad[4] = 6
+    ev = xc.Evaluator()
+    ev.update(make(xp, A), make(xp, y))
+    ev.update(make(xp, A), make(xp, bad))  # no read-back, no error yet
+    ev.update(make(xp, A), make(xp, y))
+    with pytest.raises(ValueError, match=r"batch 1 .*class index outside \[0, C\)"):
+        ev.result()
+    with pytest.raises(ValueError, match="class index"):
+        xc.evaluate(make(xp, A), make(xp, bad))
+    # merged: the first bad batch, counted across both
+    good = xc.Evaluator()
+    good.update(make(xp, A), make(xp, y))
+    other = xc.Evaluator()
+    other.update(make(xp, A), make(xp, bad))
+    with pytest.raises(ValueError, match="batch 1 "):
+        good.merge(other).result()

@@ -182,6 +182,9 @@ class _State:
     agreement_count: Any = 0
     reference_count: Any = 0
     batches: int = 0
+    # the first batch that held a class index outside [0, C), where the check is deferred
+    # to result() (a device backend: no read-back in update); -1: none
+    bad_batch: Any = -1
 
 
 def _denominator(backend: Any, call: _checks.CrossEntropyCall) -> Any:
@@ -189,6 +192,22 @@ def _denominator(backend: Any, call: _checks.CrossEntropyCall) -> Any:
     if hasattr(backend, "denominator"):  # Dask: lazily, chunk by chunk
         return backend.denominator(call)
     return _checks.denominator(call, getattr(backend, "class_index_summary", None))
+
+
+def _device_denominator(call: _checks.CrossEntropyCall) -> tuple[Any, Any]:
+    """(D, whether a class index lies outside [0, C)) as 0-d arrays where the targets are,
+    without a read-back: the range check of a device backend's update, raised by result()
+    (its kernels give such a row NaN and never read through the index)."""
+    xp, y = call.xp, call.target
+    kept = y != call.ignore_index
+    valid = kept & (y >= 0) & (y < call.num_classes)
+    bad = xp.any(kept & ~valid)
+    if call.weight is None:
+        return xp.sum(xp.astype(valid, xp.float64)), bad
+    safe = xp.reshape(xp.where(valid, y, xp.zeros_like(y)), (-1,))
+    w_y = xp.take(call.weight, safe)
+    w_y = xp.where(xp.reshape(valid, (-1,)), w_y, xp.zeros_like(w_y))
+    return xp.sum(xp.astype(w_y, xp.float64)), bad
 
 
 def _host(value: Any) -> Any:
@@ -271,7 +290,11 @@ class Evaluator:
                 reduction="sum",
                 dtypes=getattr(backend, "DTYPES", None),
             )
-            denom = _denominator(backend, call)
+            if getattr(backend, "DEFERRED_INDEX_CHECK", False) and call.class_indices:
+                denom, bad = _device_denominator(call)
+                st.bad_batch = xp.where((st.bad_batch < 0) & bad, st.batches, st.bad_batch)
+            else:
+                denom = _denominator(backend, call)
             losses, ranks, entropies = row_metrics(backend, call)
             counted = ranks >= 0
             st.loss_sum = st.loss_sum + _sum(xp, losses)
@@ -335,6 +358,8 @@ class Evaluator:
             setattr(a, name, getattr(a, name) + getattr(b, name))
         for k in self.top_k:
             a.correct[k] = a.correct[k] + b.correct[k]
+        if _host(a.bad_batch) < 0 and _host(b.bad_batch) >= 0:
+            a.bad_batch = _host(b.bad_batch) + a.batches
         a.batches += b.batches
         return self
 
@@ -392,6 +417,12 @@ class Evaluator:
         """The metrics of every batch so far (the one read-back of device sums; Dask sums
         are computed here, together)."""
         st = self._computed()
+        bad = int(_host(st.bad_batch))
+        if bad >= 0:
+            raise ValueError(
+                f"batch {bad} (counting from 0) holds a class index outside [0, C) that is not "
+                f"ignore_index ({self.ignore_index}); its metrics are not defined"
+            )
         loss_sum, denom = float(_host(st.loss_sum)), float(_host(st.denominator))
         entropy_sum, count = float(_host(st.entropy_sum)), int(_host(st.count))
         correct = {k: int(_host(v)) for k, v in st.correct.items()}
@@ -600,7 +631,11 @@ def evaluate(
         lo, hi = i * size, min((i + 1) * size, n)
         return [_slice(logits, bax, lo, hi), _slice(target, tax, lo, hi), _slice(reference, bax, lo, hi)]
 
-    use_slots = not isinstance(lane, _stream.HostLane) or any(isinstance(x, np.memmap) for x in host)
+    # host slots where the batches go on to a device (pinned memory); on the CPU the kernels
+    # read a memmap's pages where they are, in the page cache (copied into new buffers, a
+    # 2 GiB file took 2.2 s on this VM, whose first touch of memory costs 2.8 s a GiB; in
+    # place 0.4 s, mapping its pages 7 ms a GiB)
+    use_slots = not isinstance(lane, _stream.HostLane)
     bar = _Progress(n) if progress else None
     done = 0
     for slot, (a, y, ref) in _stream.staged_batches(parts_of, n_batches, lane, use_slots):

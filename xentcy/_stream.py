@@ -185,6 +185,15 @@ def lane_for(device: str | None) -> Any:
     raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}")
 
 
+def _touch(parts: list[Any]) -> None:
+    """Fault in the pages of the memmap parts (one byte a page), ahead of the kernels."""
+    for part in parts:
+        if isinstance(part, np.memmap) and part.size:
+            flat = np.asarray(part).reshape(-1).view(np.uint8) if part.flags.c_contiguous else None
+            if flat is not None:
+                int(flat[:: 4096].sum(dtype=np.uint64))
+
+
 def staged_batches(
     parts_of: Any, n_batches: int, lane: Any, use_slots: bool
 ) -> Iterator[tuple[int, list[Any]]]:
@@ -193,8 +202,17 @@ def staged_batches(
     into the slot's reused host buffers while the batch before computes. The caller
     computes between ``lane.before_compute(slot)`` and ``lane.after_compute(slot)``."""
     if not use_slots:
-        for i in range(n_batches):
-            yield i % 2, lane.stage(i % 2, parts_of(i))
+        # the parts as they are (views of the array, or of a memmap: its pages are the page
+        # cache's, and a copy into fresh buffers would cost more than it saves); a memmap's
+        # next batch is read ahead (a byte a page) by a second thread while this one computes
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="xentcy-reader") as pool:
+            ahead = None
+            for i in range(n_batches):
+                parts = parts_of(i)
+                if ahead is not None:
+                    ahead.result()
+                ahead = pool.submit(_touch, parts_of(i + 1)) if i + 1 < n_batches else None
+                yield i % 2, lane.stage(i % 2, parts)
         lane.finish()
         return
     slots = HostSlots(lane.slots_alloc)
