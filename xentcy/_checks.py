@@ -359,7 +359,6 @@ def denominator(
     ``summary(call)``, where a backend has one, computes this D and the largest
     out-of-range index (or None) in one pass instead.
     """
-    xp = call.xp
     if not call.class_indices:
         return float(call.num_samples)
     if summary is not None:
@@ -368,14 +367,23 @@ def denominator(
             raise _class_index_error(call.num_classes, call.ignore_index, bad)
         return total
     check_class_index_values(call)
-    y = call.target
+    return unchecked_denominator(call)[0]
+
+
+def unchecked_denominator(call: CrossEntropyCall) -> tuple[Any, Any]:
+    """(D over the class indices in range, whether any index is out of range) as 0-d arrays
+    where the targets are, with no read-back: :func:`denominator` after its check, and the
+    device backends' ``Evaluator.update``, which leaves the check to ``result()``."""
+    xp, y = call.xp, call.target
     kept = y != call.ignore_index
+    valid = kept & (y >= 0) & (y < call.num_classes)
+    bad = xp.any(kept & ~valid)
     if call.weight is None:
-        return xp.astype(xp.sum(xp.astype(kept, xp.int64)), xp.float64)
-    safe = xp.where(kept, y, xp.zeros_like(y))
+        return xp.astype(xp.sum(xp.astype(valid, xp.int64)), xp.float64), bad
+    safe = xp.where(valid, y, xp.zeros_like(y))
     w_y = xp.take(call.weight, xp.reshape(safe, (-1,)))
-    w_y = xp.where(xp.reshape(kept, (-1,)), w_y, xp.zeros_like(w_y))
-    return xp.sum(xp.astype(w_y, xp.float64))
+    w_y = xp.where(xp.reshape(valid, (-1,)), w_y, xp.zeros_like(w_y))
+    return xp.sum(xp.astype(w_y, xp.float64)), bad
 
 
 def gradient_scale(call: CrossEntropyCall, denom: Any) -> Any:

@@ -194,22 +194,6 @@ def _denominator(backend: Any, call: _checks.CrossEntropyCall) -> Any:
     return _checks.denominator(call, getattr(backend, "class_index_summary", None))
 
 
-def _device_denominator(call: _checks.CrossEntropyCall) -> tuple[Any, Any]:
-    """(D, whether a class index lies outside [0, C)) as 0-d arrays where the targets are,
-    without a read-back: the range check of a device backend's update, raised by result()
-    (its kernels give such a row NaN and never read through the index)."""
-    xp, y = call.xp, call.target
-    kept = y != call.ignore_index
-    valid = kept & (y >= 0) & (y < call.num_classes)
-    bad = xp.any(kept & ~valid)
-    if call.weight is None:
-        return xp.sum(xp.astype(valid, xp.float64)), bad
-    safe = xp.reshape(xp.where(valid, y, xp.zeros_like(y)), (-1,))
-    w_y = xp.take(call.weight, safe)
-    w_y = xp.where(xp.reshape(valid, (-1,)), w_y, xp.zeros_like(w_y))
-    return xp.sum(xp.astype(w_y, xp.float64)), bad
-
-
 def _host(value: Any) -> Any:
     """A Python number from a float, an int or a 0-d array (the one read-back of a device
     sum; a lazy one is computed here)."""
@@ -291,7 +275,7 @@ class Evaluator:
                 dtypes=getattr(backend, "DTYPES", None),
             )
             if getattr(backend, "DEFERRED_INDEX_CHECK", False) and call.class_indices:
-                denom, bad = _device_denominator(call)
+                denom, bad = _checks.unchecked_denominator(call)
                 st.bad_batch = xp.where((st.bad_batch < 0) & bad, st.batches, st.bad_batch)
             else:
                 denom = _denominator(backend, call)
