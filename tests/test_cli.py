@@ -163,3 +163,17 @@ def test_eval_help_documents_every_option(tmp_path):
     for option in ("--axis", "--top-k", "--ignore-index", "--label-smoothing", "--batch-size", "--device",
                    "--threads", "--json", ".npz:", "example"):
         assert option in run.stdout
+
+
+def test_eval_with_reference_logits(eval_files):
+    d, A, y = eval_files
+    ref = A + np.random.default_rng(4).standard_normal(A.shape).astype(np.float32)
+    np.save(d / "reference.npy", ref)
+    run = run_cli(d, "eval", "logits.npy", "labels.npy", "--reference", "reference.npy", "--json")
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    want = xentcy.evaluate(A, y, reference=ref)
+    assert out["kl_divergence"] == pytest.approx(want.kl_divergence, rel=1e-12)
+    assert out["top1_agreement"] == want.top1_agreement
+    bad = run_cli(d, "eval", "logits.npy", "labels.npy", "--reference", "labels.npy")
+    assert bad.returncode == 2 and "reference" in bad.stderr

@@ -78,6 +78,7 @@ files:
 example:
   python -m xentcy eval logits.npy labels.npy --top-k 1 5 --batch-size 4096
   python -m xentcy eval run.npz:logits run.npz:labels --ignore-index -100 --json
+  python -m xentcy eval quantized.npy labels.npy --reference full_precision.npy
 """
 
 
@@ -131,6 +132,9 @@ def _report_json(r: Any) -> str:
         "entropy_sum": _finite_or_none(r.entropy_sum),
         "correct": {str(k): v for k, v in r.correct.items()},
     }
+    if r.kl_divergence is not None:
+        out["kl_divergence"] = _finite_or_none(r.kl_divergence)
+        out["top1_agreement"] = _finite_or_none(r.top1_agreement)
     return json.dumps(out)
 
 
@@ -142,12 +146,15 @@ def _report_table(r: Any) -> str:
     ]
     rows += [[f"top-{k} accuracy", v] for k, v in r.accuracy.items()]
     rows.append(["entropy (mean, nats)", r.entropy])
+    if r.kl_divergence is not None:
+        rows += [["KL(reference || model)", r.kl_divergence], ["top-1 agreement", r.top1_agreement]]
     return _table("xentcy eval", ["metric", "value"], rows)
 
 
 def evaluate_files(args: argparse.Namespace) -> int:
     logits = _load(args.logits, "LOGITS")
     target = _load(args.targets, "TARGETS")
+    reference = _load(args.reference, "--reference") if args.reference else None
     if args.threads is not None:
         if args.threads < 1:
             raise CliError(f"--threads must be at least 1, got {args.threads}")
@@ -172,6 +179,7 @@ def evaluate_files(args: argparse.Namespace) -> int:
         label_smoothing=args.label_smoothing,
         top_k=tuple(args.top_k),
         batch_size=batch,
+        reference=reference,
         progress=progress,
         device=args.device,
     )
@@ -247,6 +255,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ev.add_argument(
         "--threads", type=int, default=None, help="CPU threads (default: OpenMP's, OMP_NUM_THREADS)"
+    )
+    ev.add_argument(
+        "--reference",
+        metavar="REF",
+        default=None,
+        help="logits of a reference model (LOGITS' shape; FILE.npy or FILE.npz:NAME): "
+        "adds the mean KL(p_ref || p) and the top-1 agreement",
     )
     ev.add_argument(
         "--json", action="store_true", help="print one JSON object instead of the table; no progress bar"
