@@ -327,3 +327,15 @@ def test_a_device_backend_raises_a_bad_index_at_result(xp):
     other.update(make(xp, A), make(xp, bad))
     with pytest.raises(ValueError, match="batch 1 "):
         good.merge(other).result()
+
+
+def test_a_failed_update_adds_nothing():
+    A, y = data(20, 4)
+    ev = xc.Evaluator()
+    ev.update(A, y)
+    before = ev.state_dict()
+    with pytest.raises(ValueError, match="reference"):
+        ev.update(A, y, reference=A[:, :2])
+    with pytest.raises(ValueError, match="class index"):
+        ev.update(A, np.full(20, 9))
+    assert ev.state_dict() == before

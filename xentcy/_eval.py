@@ -260,6 +260,10 @@ class Evaluator:
         Bad arguments raise at once, as in :func:`xentcy.cross_entropy`.
         """
         st = self._state
+        shape, ref_shape = tuple(getattr(logits, "shape", ())), tuple(getattr(reference, "shape", ()))
+        if reference is not None and ref_shape != shape:
+            # (before anything is added: a failed update leaves the sums as they were)
+            raise ValueError(f"reference must have the logits' shape {shape}, got {ref_shape}")
         if target is not None:
             xp = _dispatch.namespace(logits=logits, target=target, reference=reference)
             backend = _dispatch.backend(xp, logits)
@@ -301,10 +305,6 @@ class Evaluator:
     def _update_reference(self, xp: Any, logits: Any, reference: Any, counted: Any) -> None:
         from ._api import log_softmax
 
-        if tuple(reference.shape) != tuple(logits.shape):
-            raise ValueError(
-                f"reference must have the logits' shape {tuple(logits.shape)}, got {tuple(reference.shape)}"
-            )
         ax = _checks.normalize_axis(self.axis, logits.ndim)
         lp = xp.moveaxis(log_softmax(logits, axis=ax), ax, -1)
         lq = xp.moveaxis(log_softmax(reference, axis=ax), ax, -1)
