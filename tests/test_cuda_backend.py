@@ -404,7 +404,31 @@ def test_every_instantiation_runs_and_matches_the_reference(dev, dtype_name):
                                                reduction="none")  # fmt: skip
             assert_close(losses, want_losses, tol)
             assert_close(grad.astype(np.float64), want_grad, None, atol_frac=tol)
-    planned = {_cuda.plan(k, dtype_name, n, c).name for k in ("index", "prob", "softmax", "logsumexp")
+    # the evaluation kernel (issue 13): loss, the target's rank and the softmax's entropy
+    for n, c in plan_cases("eval", dtype_name):
+        a = np.round(rng.standard_normal((n, c)) * 3).astype(dtype)  # rounded: ties
+        a64 = a.astype(np.float64)
+        y = rng.integers(0, c, n)
+        y[0] = -100
+        call = _checks.check_cross_entropy(
+            dev.xp, dev.asarray(a), dev.asarray(y), axis=1, weight=None, ignore_index=-100,
+            label_smoothing=0.0, reduction="sum", dtypes=_cuda.DTYPES,
+        )  # fmt: skip
+        losses, ranks, entropies = (to_numpy(v) for v in backend.evaluate_rows(call))
+        m = a64.max(axis=1, keepdims=True)
+        e = np.exp(a64 - m)
+        s_ = e.sum(axis=1)
+        p_ = e / s_[:, None]
+        want_h = np.log(s_) + (e * (m - a64)).sum(axis=1) / s_
+        for i in range(n):
+            if y[i] == -100:
+                assert (losses[i], ranks[i], entropies[i]) == (0.0, -1, 0.0)
+                continue
+            order = np.argsort(-a64[i], kind="stable")
+            assert ranks[i] == int(np.nonzero(order == y[i])[0][0]), (dtype_name, n, c, i)
+            assert_close(losses[i : i + 1], -np.log(p_[i, y[i] : y[i] + 1]), tol)
+            assert_close(entropies[i : i + 1], want_h[i : i + 1], tol)
+    planned = {_cuda.plan(k, dtype_name, n, c).name for k in ("index", "prob", "softmax", "logsumexp", "eval")
                for n, c in plan_cases(k, dtype_name)}  # fmt: skip
     assert planned == set(_cuda.name_expressions((dtype_name,)))  # the cases reach every instantiation
     assert launcher.names == planned

@@ -61,6 +61,7 @@ _CACHED_PROB = {
 # Threads of a block whose groups own one row each (groups of up to a warp).
 _SMALL_GROUP_BLOCK = 256
 _MAX_GROUP = 1024
+_EVAL_MAX_GROUP = 512
 _MAX_CLASSES = 1 << 30
 
 
@@ -81,6 +82,7 @@ def name_expressions(dtype_names: tuple[str, ...] | list[str] = tuple(C_TYPES)) 
         names += [f"xentcy_softmax_cached<{t}, {nv}, {mt}>" for nv, mt in _CACHED[dtype_name]]
         names.append(f"xentcy_softmax_streamed<{t}>")
         names.append(f"xentcy_logsumexp<{t}>")
+        names.append(f"xentcy_eval_streamed<{t}>")
     return names
 
 
@@ -118,8 +120,14 @@ def _row_layout(n_vec: int, tiers: tuple[tuple[int, int], ...]) -> tuple[int, in
 
 
 def plan(kernel: str, dtype_name: str, n_rows: int, num_classes: int) -> Plan:
-    """The instantiation and grid of ``kernel`` ("index", "prob", "softmax", "logsumexp")."""
+    """The instantiation and grid of ``kernel`` ("index", "prob", "softmax", "logsumexp", "eval")."""
     itemsize = {"float64": 8, "float32": 4}.get(dtype_name, 2)
+    if kernel == "eval":
+        # one streamed kernel: a group of up to 512 threads (its launch bound), a thread a vector
+        group = min(_EVAL_MAX_GROUP, _pow2_at_least(-(-num_classes // (16 // itemsize))))
+        block = _SMALL_GROUP_BLOCK if group <= 32 else group
+        name = f"xentcy_eval_streamed<{C_TYPES[dtype_name]}>"
+        return Plan(name, group, block, -(-n_rows // (block // group)))
     tiers = (_CACHED_PROB if kernel == "prob" else _CACHED)[dtype_name]
     group, nv, max_threads = _row_layout(-(-num_classes // (16 // itemsize)), tiers)
     t = C_TYPES[dtype_name]
@@ -357,6 +365,37 @@ class CudaBackend:
                 )
                 self._launch("prob", logits.dtype, n_rows, num_classes, pointers, options)
             return loss.reshape(call.batch_shape), (grad.finish() if grad is not None else None)
+
+
+    def evaluate_rows(self, call: Any) -> tuple[Any, Any, Any]:
+        """(losses, ranks, entropies) per sample, batch-shaped: the evaluation kernel (the
+        loss from the index kernel instead where there is smoothing; probability targets
+        rank their argmax class, and take their loss from the prob kernel)."""
+        cp = self.xp
+        logits, axis = call.logits, call.axis
+        with self.launcher.device(logits):
+            n_rows, num_classes = _rows_shape(logits.shape, axis)
+            loss = cp.empty(n_rows, cp.float64)
+            rank = cp.empty(n_rows, cp.int64)
+            entropy = cp.empty(n_rows, cp.float64)
+            shape = call.batch_shape
+            if n_rows == 0:
+                return loss.reshape(shape), rank.reshape(shape), entropy.reshape(shape)
+            a = self._rows(logits, axis)
+            if call.class_indices:
+                y, ignore_index = cp.ascontiguousarray(call.target).reshape(n_rows), call.ignore_index
+                weight = cp.ascontiguousarray(call.weight) if call.weight is not None else None
+            else:
+                # every row counts: an ignore_index no argmax equals
+                y, ignore_index = cp.argmax(self._rows(call.target, axis), axis=1).astype(cp.int64), -1
+                weight = None
+            pointers = (a, y, _or_null(weight), loss, rank, entropy)
+            options = (self._aligned(num_classes, logits.itemsize, a), np.int64(ignore_index))
+            self._launch("eval", logits.dtype, n_rows, num_classes, pointers, options)
+            if not call.class_indices or call.label_smoothing != 0.0:
+                loss, _ = self.cross_entropy_rows(call, want_grad=False, out=None, grad_scale=0.0)
+                loss = loss.reshape(n_rows)
+            return loss.reshape(shape), rank.reshape(shape), entropy.reshape(shape)
 
 
 _NULL = np.uint64(0)  # a null pointer argument: 8 bytes of zero

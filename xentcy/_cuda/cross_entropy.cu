@@ -783,3 +783,98 @@ xentcy_logsumexp(const T* __restrict__ x_in, T* __restrict__ out, long long n_ro
     if (slot.active && slot.lane == 0)
         out[slot.row] = xentcy::Convert<T>::from(shift + xentcy::log_sum(sum_ones, sum_delta));
 }
+
+// ---------------------------------------------------------------------------------------
+// Evaluation rows with class indices (issue 13): per row the loss w_y ((m - A_y) + log s)
+// (no smoothing: xentcy._cuda takes a smoothed loss from the index kernel), the target's
+// rank #{c < y : A_c >= A_y} + #{c > y : A_c > A_y} (C for a row with a NaN logit), and the
+// entropy of its softmax, log s + (1/s) sum_c exp(A_c - m) (m - A_c), both terms >= 0.
+// An ignored row gets loss 0, rank -1, entropy 0; an index outside [0, C) (excluded by the
+// checks above) is never read through: loss and entropy NaN, rank C. Two reads of the row:
+// the online max, sum and rank count, then the entropy's sum at the final shift.
+// ---------------------------------------------------------------------------------------
+
+// (512 threads at most: at 1024, float64 spilled 8 bytes on sm_90 within 64 registers)
+template <typename T>
+__global__ void __launch_bounds__(512)
+xentcy_eval_streamed(const T* logits, const long long* __restrict__ target, const T* __restrict__ weight,
+                     double* __restrict__ loss, long long* __restrict__ rank, double* __restrict__ entropy,
+                     long long n_rows, long long C, int G, int aligned, long long ignore_index) {
+    using A = typename Acc<T>::type;
+    constexpr int VEC = Pack<T>::VEC;
+    constexpr int U = xentcy::kInFlight<T>;
+    __shared__ A smem[32][kMaxReduce];
+    __shared__ int count_smem[32][kMaxReduce];  // (counts below C < 2^30: int)
+    const xentcy::RowSlot slot(G, n_rows);
+    const long long y = slot.active ? target[slot.row] : ignore_index;
+    const bool ignored = y == ignore_index;
+    const bool bad = !ignored && (y < 0 || y >= C);
+    const bool live = slot.active && !ignored && !bad;
+    const int limit = live ? int(C) : 0;
+    const int yi = live ? int(y) : -1;
+    const T* a = logits + (live ? slot.row * C : 0);
+    const int n_vec = int((C + VEC - 1) / VEC);
+    const int step = G * U;
+    const A neg_inf = -xentcy::acc_inf(A(0));
+    const A a_y = live ? xentcy::to_acc(a[yi]) : A(0);
+
+    // pass 1: online max and split sum, and the classes that rank above the target
+    A m = neg_inf, ones = A(0), delta = A(0);
+    int above[1] = {0};
+    for (int v0 = slot.lane; v0 < (live ? n_vec : 0); v0 += step) {
+        A x[U][VEC];
+#pragma unroll
+        for (int u = 0; u < U; ++u) xentcy::load_vec(a, (v0 + u * G) * VEC, limit, aligned != 0, neg_inf, x[u]);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            xentcy::online_fold(m, ones, delta, x[u]);
+            const int base = (v0 + u * G) * VEC;
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                const int c = base + i;
+                if (c < limit) above[0] += c < yi ? (x[u][i] >= a_y) : (c > yi && x[u][i] > a_y);
+            }
+        }
+    }
+    A shift, sum_ones, sum_delta;
+    xentcy::combine_online(m, ones, delta, G, smem, shift, sum_ones, sum_delta);
+    xentcy::group_reduce(above, G, xentcy::SumOp(), count_smem);
+
+    // pass 2: sum_c exp(A_c - shift) (shift - A_c); a class of logit -inf adds nothing
+    A t[1] = {A(0)};
+    for (int v0 = slot.lane; v0 < (live ? n_vec : 0); v0 += step) {
+        A x[U][VEC];
+#pragma unroll
+        for (int u = 0; u < U; ++u) xentcy::load_vec(a, (v0 + u * G) * VEC, limit, aligned != 0, neg_inf, x[u]);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                const A e = xentcy::acc_exp(x[u][i] - shift);
+                if (e != A(0)) t[0] += e * (shift - x[u][i]);
+            }
+        }
+    }
+    xentcy::group_reduce(t, G, xentcy::SumOp(), smem);
+
+    if (slot.active && slot.lane == 0) {
+        const double nan = xentcy::acc_nan(0.0);
+        if (!live) {
+            loss[slot.row] = bad ? nan : 0.0;
+            rank[slot.row] = bad ? C : -1;
+            entropy[slot.row] = bad ? nan : 0.0;
+        } else {
+            const double s = double(sum_ones) + double(sum_delta);
+            const double log_s = double(xentcy::log_sum(sum_ones, sum_delta));
+            const double w_y = weight != nullptr ? double(xentcy::to_acc(weight[yi])) : 1.0;
+            double l = w_y != 0.0 ? w_y * ((double(shift) - double(a_y)) + log_s) : 0.0;
+            const bool nan_row = s != s;
+            // a +inf logit (s = inf) or a row of only -inf (s = 0): the softmax, and so its
+            // entropy, is undefined
+            const bool defined = s > 0.0 && s < xentcy::acc_inf(0.0);
+            loss[slot.row] = nan_row ? nan : l;
+            rank[slot.row] = nan_row ? C : (long long)above[0];
+            entropy[slot.row] = defined ? log_s + double(t[0]) / s : nan;
+        }
+    }
+}
