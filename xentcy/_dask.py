@@ -132,3 +132,34 @@ class DaskBackend:
             if want_grad:
                 grads[index] = da.from_delayed(grad, shape, dtype=logits.dtype, meta=logits._meta)
         return _assemble(losses), (_assemble(grads) if want_grad else None)
+
+    def evaluate_rows(self, call: Any) -> tuple[Any, Any, Any]:
+        """Lazy per-sample (losses, ranks, entropies): one task per chunk, through the chunk
+        backend's evaluation rows (its kernel where it has one)."""
+        logits, target, weight = self._aligned(call)
+        template, chunk_backend = self._template(call), self.chunk_backend
+        check_indices = self.chunk_denominator if call.class_indices else None
+
+        def compute_chunk(block: Any, target_block: Any, w: Any) -> tuple[Any, Any, Any]:
+            from ._eval import row_metrics
+
+            chunk = _chunk_call(template, block, target_block, w)
+            if check_indices is not None:
+                check_indices(chunk)  # as in cross_entropy_rows: checked where used
+            return row_metrics(chunk_backend, chunk)
+
+        axis = call.axis
+        logits_blocks, target_blocks = logits.to_delayed(), target.to_delayed()
+        out = [np.empty(_drop(logits.numblocks, axis), dtype=object) for _ in range(3)]
+        dtypes = (np.float64, np.int64, np.float64)
+        metas = [self.chunk_xp.empty((0,) * (logits.ndim - 1), dtype=d) for d in dtypes]
+        for index in np.ndindex(*logits.numblocks):
+            batch_index = _drop(index, axis)
+            shape = _drop(tuple(chunks[i] for chunks, i in zip(logits.chunks, index, strict=True)), axis)
+            parts = dask.delayed(compute_chunk, nout=3, pure=True)(
+                logits_blocks[index], target_blocks[batch_index if call.class_indices else index], weight
+            )
+            for k in range(3):
+                out[k][batch_index] = da.from_delayed(parts[k], shape, dtype=dtypes[k], meta=metas[k])
+        losses, ranks, entropies = (_assemble(o) for o in out)
+        return losses, ranks, entropies
