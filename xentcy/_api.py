@@ -108,23 +108,35 @@ def _prepare_cross_entropy(
     reduction: Any,
     out: Any = None,
 ) -> tuple[Any, _checks.CrossEntropyCall, float]:
-    xp = _dispatch.namespace(logits=logits, target=target, out=out)
-    backend = _dispatch.backend(xp, logits)
-    call = _checks.check_cross_entropy(
-        xp,
-        logits,
-        target,
+    backend, call = checked_call(
+        {"logits": logits, "target": target, "out": out},
         axis=axis,
         weight=weight,
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
         reduction=reduction,
-        dtypes=getattr(backend, "DTYPES", None),
     )
+    return backend, call, denominator(backend, call)
+
+
+def checked_call(arrays: dict[str, Any], **options: Any) -> tuple[Any, _checks.CrossEntropyCall]:
+    """(backend, the validated call) of a cross-entropy call; ``arrays`` holds the logits and
+    target first, then any other argument whose library must be theirs (out=, reference=)."""
+    xp = _dispatch.namespace(**arrays)
+    logits = arrays["logits"]
+    backend = _dispatch.backend(xp, logits)
+    call = _checks.check_cross_entropy(
+        xp, logits, arrays["target"], **options, dtypes=getattr(backend, "DTYPES", None)
+    )
+    return backend, call
+
+
+def denominator(backend: Any, call: _checks.CrossEntropyCall) -> Any:
+    """D of the call and the class-index range check."""
     if hasattr(backend, "denominator"):  # Dask: D lazily, chunk by chunk
-        return backend, call, backend.denominator(call)
+        return backend.denominator(call)
     # D and the range check, in one compiled pass where the backend has one
-    return backend, call, _checks.denominator(call, getattr(backend, "class_index_summary", None))
+    return _checks.denominator(call, getattr(backend, "class_index_summary", None))
 
 
 def cross_entropy(

@@ -18,7 +18,7 @@ import numpy as np
 from array_api_compat import device as _device
 from array_api_compat import is_numpy_namespace
 
-from . import _checks, _dispatch, _stream
+from . import _api, _checks, _dispatch, _generic, _stream
 
 # ---------------------------------------------------------------------------------------
 # per-row metrics
@@ -29,9 +29,7 @@ def _generic_row_metrics(call: _checks.CrossEntropyCall, effective_y: Any) -> tu
     kernel for them). ``effective_y``: the class whose rank is wanted, per row (int64,
     batch-shaped; ignore_index where the row does not count)."""
     xp = call.xp
-    logits = call.logits
-    work = xp.float32 if xp.finfo(logits.dtype).bits < 32 else logits.dtype
-    a = xp.moveaxis(xp.astype(logits, work), call.axis, -1)
+    a = xp.moveaxis(xp.astype(call.logits, _generic._work_dtype(xp, call.logits.dtype)), call.axis, -1)
     num_classes = call.num_classes
     kept = effective_y != call.ignore_index
     y = xp.where(kept, effective_y, xp.zeros_like(effective_y))
@@ -43,14 +41,14 @@ def _generic_row_metrics(call: _checks.CrossEntropyCall, effective_y: Any) -> tu
     nan_row = xp.any(xp.isnan(a), axis=-1)
     rank = xp.where(nan_row, xp.full_like(rank, num_classes), rank)
     rank = xp.where(kept, rank, xp.full_like(rank, -1))
-    m = xp.max(a, axis=-1, keepdims=True)
-    finite = xp.isfinite(m)
-    z = a - xp.where(finite, m, xp.zeros_like(m))
+    z, _ = _generic._shifted(xp, a)
     e = xp.exp(z)
     s = xp.sum(e, axis=-1)
     t = xp.sum(xp.where(e != 0, -e * z, xp.zeros_like(e)), axis=-1)
     entropy = xp.log(s) + t / s
-    entropy = xp.where(finite[..., 0], entropy, xp.full_like(entropy, math.nan))
+    # a +inf logit (s = inf) or a row of only -inf (s = 0): the softmax, and its entropy,
+    # undefined (as in the kernels)
+    entropy = xp.where((s > 0) & (s < math.inf), entropy, xp.full_like(entropy, math.nan))
     entropy = xp.where(kept, entropy, xp.zeros_like(entropy))
     return rank, entropy
 
@@ -187,13 +185,6 @@ class _State:
     bad_batch: Any = -1
 
 
-def _denominator(backend: Any, call: _checks.CrossEntropyCall) -> Any:
-    """D of the call (and the class-index range check), as xentcy.cross_entropy forms it."""
-    if hasattr(backend, "denominator"):  # Dask: lazily, chunk by chunk
-        return backend.denominator(call)
-    return _checks.denominator(call, getattr(backend, "class_index_summary", None))
-
-
 def _host(value: Any) -> Any:
     """A Python number from a float, an int or a 0-d array (the one read-back of a device
     sum; a lazy one is computed here)."""
@@ -265,30 +256,24 @@ class Evaluator:
             # (before anything is added: a failed update leaves the sums as they were)
             raise ValueError(f"reference must have the logits' shape {shape}, got {ref_shape}")
         if target is not None:
-            xp = _dispatch.namespace(logits=logits, target=target, reference=reference)
-            backend = _dispatch.backend(xp, logits)
-            call = _checks.check_cross_entropy(
-                xp,
-                logits,
-                target,
+            backend, call = _api.checked_call(
+                {"logits": logits, "target": target, "reference": reference},
                 axis=self.axis,
                 weight=self.weight,
                 ignore_index=self.ignore_index,
                 label_smoothing=self.label_smoothing,
                 reduction="sum",
-                dtypes=getattr(backend, "DTYPES", None),
             )
+            xp = call.xp
             if getattr(backend, "DEFERRED_INDEX_CHECK", False) and call.class_indices:
                 denom, bad = _checks.unchecked_denominator(call)
                 st.bad_batch = xp.where((st.bad_batch < 0) & bad, st.batches, st.bad_batch)
             else:
-                denom = _denominator(backend, call)
+                denom = _api.denominator(backend, call)
             losses, ranks, entropies = row_metrics(backend, call)
             counted = ranks >= 0
             st.loss_sum = st.loss_sum + _sum(xp, losses)
-            st.denominator = st.denominator + (
-                denom if isinstance(denom, float) else _host_or_device(xp, denom)
-            )
+            st.denominator = st.denominator + _host_or_device(xp, denom)
             st.entropy_sum = st.entropy_sum + _sum(xp, entropies)
             st.count = st.count + _count(xp, counted)
             for k in self.top_k:
@@ -414,7 +399,7 @@ class Evaluator:
         kl = agree = None
         n_ref = int(_host(st.reference_count))
         kl_sum, n_agree = float(_host(st.kl_sum)), int(_host(st.agreement_count))
-        if st.reference_count or n_ref:
+        if n_ref:
             kl, agree = _ratio(kl_sum, n_ref), _ratio(n_agree, n_ref)
         return Evaluation(
             loss=loss,
@@ -438,7 +423,7 @@ def _sum(xp: Any, x: Any) -> Any:
     """The float64 sum of x: a Python float for NumPy, a 0-d array elsewhere (no read-back)."""
     if is_numpy_namespace(xp):
         return float(np.sum(x, dtype=np.float64))
-    acc = _dispatch_accumulation_dtype(xp, x)
+    acc = _generic._accumulation_dtype(xp, x)
     return xp.sum(xp.astype(x, acc))
 
 
@@ -450,12 +435,6 @@ def _count(xp: Any, mask: Any) -> Any:
 
 def _host_or_device(xp: Any, x: Any) -> Any:
     return float(x) if is_numpy_namespace(xp) else x
-
-
-def _dispatch_accumulation_dtype(xp: Any, x: Any) -> Any:
-    from ._generic import _accumulation_dtype
-
-    return _accumulation_dtype(xp, x)
 
 
 # ---------------------------------------------------------------------------------------
@@ -488,13 +467,13 @@ class _Progress:
         self.stream.flush()
 
 
-def _batch_axis(axis: int, ndim: int) -> int:
+def _batch_axis(axis: int) -> int:
     """The axis batches are cut along: the first that is not the class axis."""
     return 0 if axis != 0 else 1
 
 
 def _slice(x: Any, ax: int, start: int, stop: int) -> Any:
-    return None if x is None else x[(slice(None),) * ax + (slice(start, stop),)]
+    return None if x is None else x[(slice(None),) * ax + (slice(start, stop), ...)]
 
 
 def _check_batch_size(batch_size: Any) -> int | None:
@@ -597,23 +576,23 @@ def evaluate(
     batched_target = target is None or (
         hasattr(target, "ndim") and target.ndim in (logits.ndim, logits.ndim - 1)
     )
-    if logits.ndim == 1 or not batched_target or (batch_size is None and device != "cuda"):
-        # one batch (a target of the wrong shape gets xentcy.cross_entropy's error here)
-        a, y, ref = lane.stage(0, [logits, target, reference])
-        lane.before_compute(0)
-        ev.update(a, y, reference=ref)
-        lane.after_compute(0)
-        lane.finish()
-        return ev.result()
-    bax = _batch_axis(ax, logits.ndim)
-    n = int(logits.shape[bax])
-    size = batch_size or max(n, 1)
-    tax = bax - (1 if target is not None and target.ndim == logits.ndim - 1 and ax < bax else 0)
-    n_batches = -(-n // size)
+    if logits.ndim == 1 or not batched_target:
+        # one batch (a target of the wrong shape gets xentcy.cross_entropy's error there)
+        n, size, n_batches = 1, 1, 1
 
-    def parts_of(i: int) -> list[Any]:
-        lo, hi = i * size, min((i + 1) * size, n)
-        return [_slice(logits, bax, lo, hi), _slice(target, tax, lo, hi), _slice(reference, bax, lo, hi)]
+        def parts_of(i: int) -> list[Any]:
+            return [logits, target, reference]
+
+    else:
+        bax = _batch_axis(ax)
+        n = int(logits.shape[bax])
+        size = batch_size or max(n, 1)
+        tax = bax - (1 if target is not None and target.ndim == logits.ndim - 1 and ax < bax else 0)
+        n_batches = -(-n // size)
+
+        def parts_of(i: int) -> list[Any]:
+            lo, hi = i * size, min((i + 1) * size, n)
+            return [_slice(logits, bax, lo, hi), _slice(target, tax, lo, hi), _slice(reference, bax, lo, hi)]
 
     # host slots where the batches go on to a device (pinned memory); on the CPU the kernels
     # read a memmap's pages where they are, in the page cache (copied into new buffers, a
@@ -621,16 +600,12 @@ def evaluate(
     # place 0.4 s, mapping its pages 7 ms a GiB)
     use_slots = not isinstance(lane, _stream.HostLane)
     bar = _Progress(n) if progress else None
-    done = 0
-    for slot, (a, y, ref) in _stream.staged_batches(parts_of, n_batches, lane, use_slots):
+    for i, (slot, (a, y, ref)) in enumerate(_stream.staged_batches(parts_of, n_batches, lane, use_slots)):
         lane.before_compute(slot)
         ev.update(a, y, reference=ref)
         lane.after_compute(slot)
-        done += int(a.shape[bax])
         if bar is not None:
-            bar.update(done)
-    if bar is not None:
-        bar.update(done, final=True)
+            bar.update(min((i + 1) * size, n), final=i + 1 == n_batches)
     return ev.result()
 
 
@@ -659,19 +634,14 @@ def target_rank(logits: Any, target: Any, /, *, axis: int = -1, ignore_index: in
     >>> xc.target_rank(np.array([[2.0, 1.0, 0.1], [0.1, 2.0, 2.0]]), np.array([1, 2]))
     array([1, 1])
     """
-    xp = _dispatch.namespace(logits=logits, target=target)
-    backend = _dispatch.backend(xp, logits)
-    call = _checks.check_cross_entropy(
-        xp,
-        logits,
-        target,
+    backend, call = _api.checked_call(
+        {"logits": logits, "target": target},
         axis=axis,
         weight=None,
         ignore_index=ignore_index,
         label_smoothing=0.0,
         reduction="none",
-        dtypes=getattr(backend, "DTYPES", None),
     )
-    _denominator(backend, call)  # the range check
+    _api.denominator(backend, call)  # the range check
     _, ranks, _ = row_metrics(backend, call)
     return ranks
