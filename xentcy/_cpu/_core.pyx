@@ -302,13 +302,8 @@ def evaluate_index(
     entropy of the row's softmax into ``entropy`` (0 where ignored)."""
     cdef Py_ssize_t N = A.shape[0], C = A.shape[1]
     cdef xent_args k
-    if C < 1:
-        raise ValueError("A must have at least one class, got C = 0")
-    _check_rows("A", A, N, C)
-    if has_weight:
-        _check_length("weight", weight.shape[0], C)
+    _check_outputs(A, weight.shape[0], has_weight, None, False, loss.shape[0])
     _check_length("y", y.shape[0], N)
-    _check_length("loss", loss.shape[0], N)
     _check_length("rank", rank.shape[0], N)
     _check_length("entropy", entropy.shape[0], N)
     if N == 0:

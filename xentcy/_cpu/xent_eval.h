@@ -10,30 +10,6 @@
  * (loss and entropy NaN, rank C).
  */
 
-/* The lanes of a above b (gt) or at or above it (ge), as bits: one compare and a mask move
- * (the counts then a popcount on the scalar ports, not vector adds). NaN lanes are neither. */
-XI unsigned XN(bits_cmp)(V a, V b, const int ge) {
-#if XENT_AVX512 && XENT_F32
-    return ge ? _mm512_cmp_ps_mask((__m512)a, (__m512)b, _CMP_GE_OQ) : _mm512_cmp_ps_mask((__m512)a, (__m512)b, _CMP_GT_OQ);
-#elif XENT_AVX512
-    return ge ? _mm512_cmp_pd_mask((__m512d)a, (__m512d)b, _CMP_GE_OQ) : _mm512_cmp_pd_mask((__m512d)a, (__m512d)b, _CMP_GT_OQ);
-#elif XENT_X86 && XENT_VBYTES == 32 && XENT_F32
-    return (unsigned)_mm256_movemask_ps(_mm256_cmp_ps((__m256)a, (__m256)b, ge ? _CMP_GE_OQ : _CMP_GT_OQ));
-#elif XENT_X86 && XENT_VBYTES == 32
-    return (unsigned)_mm256_movemask_pd(_mm256_cmp_pd((__m256d)a, (__m256d)b, ge ? _CMP_GE_OQ : _CMP_GT_OQ));
-#elif XENT_X86 && XENT_F32
-    return (unsigned)_mm_movemask_ps(ge ? _mm_cmpge_ps((__m128)a, (__m128)b) : _mm_cmpgt_ps((__m128)a, (__m128)b));
-#elif XENT_X86
-    return (unsigned)_mm_movemask_pd(ge ? _mm_cmpge_pd((__m128d)a, (__m128d)b) : _mm_cmpgt_pd((__m128d)a, (__m128d)b));
-#else
-    IV m = ge ? (IV)(a >= b) : (IV)(a > b);
-    unsigned bits = 0;
-    for (ptrdiff_t l = 0; l < W; l++)
-        bits |= (unsigned)(m[l] != 0) << l;
-    return bits;
-#endif
-}
-
 /* cnt - [a > b] (gt) or - [a >= b] (ge), lane by lane: the count kept negative in vector lanes,
  * one compare and one add per vector (AVX-512: a masked add of -1). */
 XI IV XN(cnt_cmp)(IV cnt, V a, V b, const int ge) {
@@ -91,7 +67,7 @@ static XENT_TARGET T XN(max_rank)(const T* a, ptrdiff_t C, ptrdiff_t y, ptrdiff_
             above &= (1u << (C - c)) - 1;
         }
         m0 = XN(max)(v0, m0);
-        n += __builtin_popcount((XN(bits_cmp)(v0, vy, 1) & below) | (XN(bits_cmp)(v0, vy, 0) & above));
+        n += __builtin_popcount((XN(mask_bits)(v0 >= vy) & below) | (XN(mask_bits)(v0 > vy) & above));
         c += W;
     }
     for (; c + 4 * W <= C; c += 4 * W)
@@ -105,7 +81,7 @@ static XENT_TARGET T XN(max_rank)(const T* a, ptrdiff_t C, ptrdiff_t y, ptrdiff_
         /* the padding is -inf: never above A_y */
         v1 = XN(load_part)(a + c, C - c, -INFINITY);
         m1 = XN(max)(v1, m1);
-        n += __builtin_popcount(XN(bits_cmp)(v1, vy, 0));
+        n += __builtin_popcount(XN(mask_bits)(v1 > vy));
     }
     k0 += k1;
     for (ptrdiff_t l = 0; l < W; l++)

@@ -316,8 +316,8 @@ XI IV XN(lane_is)(ptrdiff_t l) {
     return idx == (IV){0} + (XN(int_t))l;
 }
 
-/* The first lane set in mask (lanes all ones or all zeros), or -1 where none is. */
-XI ptrdiff_t XN(first_lane)(IV mask) {
+/* The lanes set in mask (lanes all ones or all zeros), as bits, lane l at bit l. */
+XI unsigned XN(mask_bits)(IV mask) {
 #if XENT_AVX512 && XENT_F32
     unsigned bits = _mm512_movepi32_mask((__m512i)mask);
 #elif XENT_AVX512
@@ -335,6 +335,12 @@ XI ptrdiff_t XN(first_lane)(IV mask) {
     for (ptrdiff_t l = 0; l < W; l++)
         bits |= (mask[l] != 0) << l;
 #endif
+    return bits;
+}
+
+/* The first lane set in mask (lanes all ones or all zeros), or -1 where none is. */
+XI ptrdiff_t XN(first_lane)(IV mask) {
+    unsigned bits = XN(mask_bits)(mask);
     return bits ? (ptrdiff_t)__builtin_ctz(bits) : -1;
 }
 
