@@ -169,7 +169,7 @@ def evaluate_files(args: argparse.Namespace) -> int:
         raise CliError(f"--axis: {exc}") from None
     batch = args.batch_size if args.batch_size is not None else _default_batch_rows(logits, axis)
     if args.device == "cuda":
-        logits, target = _to_gpu_lazily(logits, target)
+        _check_gpu()
     progress = sys.stderr.isatty() and not args.json
     result = xentcy.evaluate(
         logits,
@@ -187,7 +187,8 @@ def evaluate_files(args: argparse.Namespace) -> int:
     return 0
 
 
-def _to_gpu_lazily(logits: Any, target: Any) -> tuple[Any, Any]:
+def _check_gpu() -> None:
+    """A CliError unless CuPy sees a usable GPU (for --device cuda)."""
     try:
         import cupy
 
@@ -199,7 +200,6 @@ def _to_gpu_lazily(logits: Any, target: Any) -> tuple[Any, Any]:
         raise
     except Exception as exc:  # CUDA runtime errors have no common base
         raise CliError(f"--device cuda: no usable GPU: {exc}") from None
-    return logits, target
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -273,10 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "eval":
         try:
             return evaluate_files(args)
-        except CliError as exc:
-            print(f"xentcy eval: error: {exc}", file=sys.stderr)
-            return 2
-        except (ValueError, TypeError) as exc:
+        except (CliError, ValueError, TypeError) as exc:
             print(f"xentcy eval: error: {exc}", file=sys.stderr)
             return 2
         except MemoryError:

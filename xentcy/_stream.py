@@ -188,10 +188,8 @@ def lane_for(device: str | None) -> Any:
 def _touch(parts: list[Any]) -> None:
     """Fault in the pages of the memmap parts (one byte a page), ahead of the kernels."""
     for part in parts:
-        if isinstance(part, np.memmap) and part.size:
-            flat = np.asarray(part).reshape(-1).view(np.uint8) if part.flags.c_contiguous else None
-            if flat is not None:
-                int(flat[:: 4096].sum(dtype=np.uint64))
+        if isinstance(part, np.memmap) and part.size and part.flags.c_contiguous:
+            np.asarray(part).reshape(-1).view(np.uint8)[::4096].sum(dtype=np.uint64)
 
 
 def staged_batches(
