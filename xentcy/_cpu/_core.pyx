@@ -209,7 +209,8 @@ cdef void _run_cross_entropy(
 
 
 cdef _check_outputs(
-    const floating[:, :] A, Py_ssize_t n_weight, bint has_weight, floating[:, :] G, bint want_grad, Py_ssize_t n_loss
+    const floating[:, :] A, Py_ssize_t n_weight, bint has_weight, const floating[:, :] G, bint want_grad,
+    Py_ssize_t n_loss
 ):
     """The buffers of a cross-entropy call (their lengths, for weight and loss) fit A (N, C), C >= 1."""
     cdef Py_ssize_t N = A.shape[0], C = A.shape[1]
@@ -302,7 +303,7 @@ def evaluate_index(
     entropy of the row's softmax into ``entropy`` (0 where ignored)."""
     cdef Py_ssize_t N = A.shape[0], C = A.shape[1]
     cdef xent_args k
-    _check_outputs(A, weight.shape[0], has_weight, None, False, loss.shape[0])
+    _check_outputs(A, weight.shape[0], has_weight, A, False, loss.shape[0])  # (no gradient: A unread as G)
     _check_length("y", y.shape[0], N)
     _check_length("rank", rank.shape[0], N)
     _check_length("entropy", entropy.shape[0], N)
