@@ -1,7 +1,7 @@
 """Batch evaluation (issue 13): xentcy.evaluate against forward-only cross_entropy and the peers'
 usual loss + top-k + entropy, and the CLI on a .npy in the page cache.
 
-    python benchmarks/bench_eval.py [--repeats 7] [--cli-gib 4] [--skip-cli]
+    python benchmarks/bench_eval.py [--repeats 7] [--cli-gib 4] [--skip-cli] [--reference-only]
 
 One thread (OMP_NUM_THREADS, torch.set_num_threads, XLA's flags are set before the imports),
 float32, class-index targets; medians of alternating repeats; ratios to xentcy's forward pass.
@@ -129,6 +129,72 @@ def in_memory(repeats):
     return A, y
 
 
+def reference_logits(repeats, n=4096):
+    """KL(p_ref || p) and top-1 agreement of two models' logits (B = A + 0.01 noise)."""
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((n, C), dtype=np.float32) * 3
+    B = A + np.float32(0.01) * rng.standard_normal((n, C), dtype=np.float32)
+    y = rng.integers(0, C, n)
+
+    def two_log_softmaxes():
+        # the usual formula, on xentcy's log_softmax, summed in float64
+        lp, lq = xc.log_softmax(A, axis=1), xc.log_softmax(B, axis=1)
+        q = np.exp(lq.astype(np.float64))
+        kl = (q * (lq.astype(np.float64) - lp)).sum(axis=1).mean()
+        return kl, (lp.argmax(1) == lq.argmax(1)).mean()
+
+    import array_api_compat.numpy as xpn
+
+    from xentcy._eval import _generic_compare_rows
+
+    cases = {
+        "xentcy.cross_entropy on both (two forward passes: the floor)": lambda: (
+            xc.cross_entropy(A, y),
+            xc.cross_entropy(B, y),
+        ),
+        "xentcy.evaluate(A, None, reference=B) (the row-pair kernel)": lambda: xc.evaluate(
+            A, None, reference=B
+        ),
+        "xentcy.evaluate(A, y, reference=B) (and loss, top-k, entropy)": lambda: xc.evaluate(
+            A, y, reference=B
+        ),
+        "the array-API path on NumPy (float64, what CuPy/torch/JAX run)": lambda: _generic_compare_rows(
+            xpn, A, B, 1
+        ),
+        "two log-softmaxes, q (log q - log p) in float64": two_log_softmaxes,
+    }
+    try:
+        import torch
+        import torch.nn.functional as F
+
+        torch.set_num_threads(1)
+        ta, tb = torch.from_numpy(A), torch.from_numpy(B)
+
+        def torch_way():
+            lp, lq = F.log_softmax(ta, -1), F.log_softmax(tb, -1)
+            return F.kl_div(lp, lq, log_target=True, reduction="batchmean"), (
+                lp.argmax(1) == lq.argmax(1)
+            ).float().mean()
+
+        cases[f"torch {torch.__version__} (log_softmax x2, kl_div, argmax)"] = torch_way
+    except ImportError:
+        pass
+    times = {k: [] for k in cases}
+    for fn in cases.values():
+        fn()
+    for _ in range(repeats):
+        for k, fn in cases.items():
+            times[k] += timed(fn, 1)
+    floor = statistics.median(next(iter(times.values())))
+    print(f"Reference logits: ({n}, {C}) float32 twice, one thread, medians of {repeats}\n")
+    print("| what | ms | / two forward passes |")
+    print("| --- | ---: | ---: |")
+    for k, t in times.items():
+        med = statistics.median(t)
+        print(f"| {k} | {med * 1e3:.1f} | {med / floor:.2f} |")
+    print()
+
+
 def _sample_rss(pid, stop):
     peak = 0
     while stop.poll() is None:
@@ -168,9 +234,22 @@ def cli(gib, repeats):
                 env = dict(os.environ, OMP_NUM_THREADS=str(threads))
                 t = time.perf_counter()
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "xentcy", "eval", path, ypath, "--batch-size", str(batch),
-                     "--json", "--threads", str(threads)],
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                    [
+                        sys.executable,
+                        "-m",
+                        "xentcy",
+                        "eval",
+                        path,
+                        ypath,
+                        "--batch-size",
+                        str(batch),
+                        "--json",
+                        "--threads",
+                        str(threads),
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=env,
                 )
                 peaks.append(_sample_rss(proc.pid, proc))
                 out, err = proc.communicate()
@@ -194,18 +273,24 @@ def cli(gib, repeats):
         _core.set_max_threads(previous)
         whole = None
     two_batches = 2 * batch * C * 4
-    print(f"CLI: `python -m xentcy eval` on a {size / (1 << 30):.2f} GiB .npy ({rows} x {C} float32) in the "
-          f"page cache, --batch-size {batch}, medians of {repeats} (process start included)\n")
+    print(
+        f"CLI: `python -m xentcy eval` on a {size / (1 << 30):.2f} GiB .npy ({rows} x {C} float32) in the "
+        f"page cache, --batch-size {batch}, medians of {repeats} (process start included)\n"
+    )
     print("| what | s | less the start | / evaluate in memory | peak RssAnon (MB) | two batches + 200 MB |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     print(f"| xentcy.evaluate on the array in memory, 1 thread | {t_mem:.3f} | | 1.00 | | |")
     print(f"| `python -c 'import xentcy.__main__'` (the start) | {start:.3f} | | | | |")
     for threads, (wall, peak) in results.items():
         own = wall - start
-        print(f"| CLI, --threads {threads} | {wall:.3f} | {own:.3f} | {own / t_mem:.2f} | "
-              f"{peak / 1e6:.0f} | {(two_batches + 200e6) / 1e6:.0f} |")
-    print(f"\n2 threads over 1 on the CLI: {results[1][0] / results[2][0]:.2f}x with the start, "
-          f"{(results[1][0] - start) / (results[2][0] - start):.2f}x without")
+        print(
+            f"| CLI, --threads {threads} | {wall:.3f} | {own:.3f} | {own / t_mem:.2f} | "
+            f"{peak / 1e6:.0f} | {(two_batches + 200e6) / 1e6:.0f} |"
+        )
+    print(
+        f"\n2 threads over 1 on the CLI: {results[1][0] / results[2][0]:.2f}x with the start, "
+        f"{(results[1][0] - start) / (results[2][0] - start):.2f}x without"
+    )
 
 
 def main():
@@ -214,9 +299,14 @@ def main():
     parser.add_argument("--cli-gib", type=float, default=4.0)
     parser.add_argument("--skip-cli", action="store_true")
     parser.add_argument("--cli-only", action="store_true")
+    parser.add_argument("--reference-only", action="store_true")
     args = parser.parse_args()
+    if args.reference_only:
+        reference_logits(args.repeats)
+        return
     if not args.cli_only:
         in_memory(args.repeats)
+        reference_logits(args.repeats)
     if not args.skip_cli:
         cli(args.cli_gib, max(3, args.repeats // 2))
 

@@ -256,6 +256,43 @@ def test_reference_logits_give_kl_and_agreement(xp):
     assert no_target.count == 0
 
 
+def test_kl_of_close_models_keeps_its_digits(xp):
+    """Two float32 models 1e-3 apart (a KL near 1e-7, where KL = E_q[log q - log p] from two
+    rounded log-softmaxes loses half its digits): the mean KL against mpmath at 50 digits,
+    on every backend (the CPU core's row-pair kernel, or the array-API path)."""
+    import mpmath
+
+    rng = np.random.default_rng(5)
+    A = (2 * rng.standard_normal((40, 30))).astype(np.float32)
+    B = (A + 1e-3 * rng.standard_normal(A.shape)).astype(np.float32)
+    B[3, 4] = -np.inf  # a class the reference gives no mass
+    with mpmath.workdps(50):
+        rows = []
+        for a, b in zip(A.astype(float), B.astype(float), strict=True):
+            lp = [mpmath.mpf(x) - mpmath.log(mpmath.fsum(mpmath.exp(v) for v in a)) for x in a]
+            lse_q = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in b if v > -np.inf))
+            rows.append(
+                mpmath.fsum(
+                    mpmath.exp(y - lse_q) * ((y - lse_q) - p)
+                    for y, p in zip(b, lp, strict=True)
+                    if y > -np.inf
+                )
+            )
+        want = float(mpmath.fsum(rows) / len(rows))
+    got = xc.evaluate(make(xp, A), None, reference=make(xp, B))
+    assert got.kl_divergence == pytest.approx(want, rel=2e-5)
+    assert got.top1_agreement == np.mean(A.argmax(1) == B.argmax(1))
+
+
+def test_undefined_reference_rows_are_nan_and_disagree(xp):
+    A, y = data(6, 5)
+    ref = A.copy()
+    ref[2, 1] = np.nan
+    got = xc.evaluate(make(xp, A), make(xp, y), reference=make(xp, ref))
+    assert math.isnan(got.kl_divergence)
+    assert got.agreement_count == 5 and got.reference_count == 6
+
+
 def test_errors():
     A, y = data(10, 4)
     with pytest.raises(ValueError, match="top_k"):

@@ -103,6 +103,64 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den else math.nan
 
 
+def _expm1_minus_x(xp: Any, x: Any) -> Any:
+    """e^x - 1 - x for |x| <= 1/2, from its Taylor series (to x^15: below float64's ulp)."""
+    p = xp.full_like(x, 1.0 / math.factorial(15))
+    for n in range(14, 1, -1):
+        p = p * x + 1.0 / math.factorial(n)
+    return p * x * x
+
+
+def _generic_compare_rows(xp: Any, logits: Any, reference: Any, axis: int) -> tuple[Any, Any]:
+    """(KL(q || p), whether the argmax agree) per row, q = softmax(reference), p =
+    softmax(logits), batch-shaped, through the array API, in float64 where the library has
+    it: the CPU core's algorithm (xent_eval.h), KL = E_q[d] + log(Sp / Sq) where that is at
+    least 4, else log1p(E_q[g(mu - d)]), g(x) = e^x - 1 - x, which keeps the digits of a
+    small KL; +inf where p is 0 and q is not; NaN, and no agreement, for a row where either
+    softmax is undefined (a NaN, a +inf, no finite logit)."""
+    acc = _generic._accumulation_dtype(xp, logits)
+    a = xp.moveaxis(xp.astype(logits, acc), axis, -1)
+    b = xp.moveaxis(xp.astype(reference, acc), axis, -1)
+    ma, mb = xp.max(a, axis=-1, keepdims=True), xp.max(b, axis=-1, keepdims=True)
+    undefined = ~(xp.isfinite(ma) & xp.isfinite(mb))  # (a NaN makes the max NaN)
+    no_p = xp.any((a == -xp.inf) & (b != -xp.inf), axis=-1)
+    # every value below finite or -inf, so that no operation warns: the undefined rows as 0
+    # (their NaN is put back at the end), the shifts 0 there
+    a, b = xp.where(undefined, xp.zeros_like(a), a), xp.where(undefined, xp.zeros_like(b), b)
+    zero = xp.zeros_like(ma)
+    ma, mb = xp.where(undefined, zero, ma), xp.where(undefined, zero, mb)
+    eu, ev = xp.exp(b - mb), xp.exp(a - ma)
+    q_zero = b == -xp.inf
+    zeros = xp.zeros_like(eu)
+    # d = (b - a) - (mb - ma), b - a's rounding recovered exactly (TwoSum), as the core does;
+    # 0 where either logit is -inf (q_zero, or no_p's row)
+    finite = (a != -xp.inf) & (b != -xp.inf)
+    af, bf = xp.where(finite, a, zeros), xp.where(finite, b, zeros)
+    diff = bf - af
+    bx = diff - bf
+    d = (diff - (mb - ma)) + ((bf - (diff - bx)) - (af + bx))
+    d = xp.where(finite, d, zeros)
+    sq, sp = xp.sum(eu, axis=-1, keepdims=True), xp.sum(ev, axis=-1, keepdims=True)
+    mu = xp.sum(eu * d, axis=-1, keepdims=True) / sq
+    first = mu + xp.log(sp / sq)
+    exact_rows = first < 4.0
+    mu = xp.where(exact_rows, mu, zero)  # (the other rows keep the first form: no overflow)
+    x = mu - d
+    # q_c e^x as exp(v + mu) where e^x would overflow or q_c is 0 (p's mass there)
+    far = (x > 700.0) | q_zero
+    near = (x <= 0.5) & (x >= -0.5) & ~far
+    g = eu * (xp.expm1(xp.where(far | near, zeros, x)) - x)
+    g = xp.where(far, xp.exp((a - ma) + mu) - eu * (1 + x), g)
+    g = xp.where(near, eu * _expm1_minus_x(xp, xp.where(near, x, zeros)), g)
+    undefined = undefined[..., 0]
+    exact = xp.log1p(xp.sum(g, axis=-1, keepdims=True) / sq)
+    kl = xp.where(exact_rows, exact, first)[..., 0]
+    kl = xp.where(no_p, xp.full_like(kl, xp.inf), kl)
+    kl = xp.where(undefined, xp.full_like(kl, xp.nan), kl)
+    agree = (_argmax_first(xp, a) == _argmax_first(xp, b)) & ~undefined
+    return kl, agree
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """The metrics of an evaluation and the exact sums behind them.
@@ -288,17 +346,12 @@ class Evaluator:
         st.batches += 1
 
     def _update_reference(self, xp: Any, logits: Any, reference: Any, counted: Any) -> None:
-        from ._api import log_softmax
-
         ax = _checks.normalize_axis(self.axis, logits.ndim)
-        lp = xp.moveaxis(log_softmax(logits, axis=ax), ax, -1)
-        lq = xp.moveaxis(log_softmax(reference, axis=ax), ax, -1)
-        acc = xp.float64 if is_numpy_namespace(xp) else lp.dtype
-        lp, lq = xp.astype(lp, acc), xp.astype(lq, acc)
-        q = xp.exp(lq)
-        # KL(q || p) = sum_c q_c (log q_c - log p_c); classes of zero reference mass add nothing
-        kl = xp.sum(xp.where(q != 0, q * (lq - lp), xp.zeros_like(q)), axis=-1)
-        agree = _argmax_first(xp, lp) == _argmax_first(xp, lq)
+        backend = _dispatch.backend(xp, logits)
+        for name, x in (("logits", logits), ("reference", reference)):
+            _checks.check_logits(xp, x, name, getattr(backend, "DTYPES", None))
+        fused = getattr(backend, "compare_rows", None)
+        kl, agree = (fused or _generic_compare_rows)(xp, logits, reference, ax)
         st = self._state
         if counted is not None:
             kl = xp.where(counted, kl, xp.zeros_like(kl))

@@ -156,3 +156,25 @@ def evaluate_rows(call: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not call.class_indices or call.label_smoothing != 0.0:
         loss, _ = cross_entropy_rows(call, want_grad=False, out=None, grad_scale=0.0)
     return loss.reshape(shape), rank.astype(np.int64, copy=False).reshape(shape), entropy.reshape(shape)
+
+
+def compare_rows(
+    xp: Any, logits: np.ndarray, reference: np.ndarray, axis: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(KL(softmax(reference) || softmax(logits)), whether their argmax agree) per sample,
+    batch-shaped, in one pass over each pair of rows (xent_eval.h: exact to a few ulp of the
+    KL itself, however small)."""
+    dtype = np.result_type(logits.dtype, reference.dtype)
+    if dtype not in DTYPES:  # (float16 and the like: in float32)
+        dtype = np.dtype(np.float64 if dtype.itemsize > 4 else np.float32)
+    a = _rows(logits.astype(dtype, copy=False), axis)
+    b = _rows(reference.astype(dtype, copy=False), axis)
+    kl = np.empty(a.shape[0], np.float64)
+    agree = np.empty(a.shape[0], np.intp)
+    if a.shape[1] == 0:
+        kl.fill(np.nan)
+        agree.fill(0)
+    else:
+        _core.compare_rows(a, b, kl, agree)
+    shape = logits.shape[:axis] + logits.shape[axis + 1 :]
+    return kl.reshape(shape), agree.astype(bool).reshape(shape)

@@ -66,6 +66,7 @@ cdef extern from "xent_dispatch.h" nogil:
         xent_rows_fn softmax[2]
         xent_rows_fn logsumexp[2]
         xent_rows_fn evaluate[2]
+        xent_rows_fn compare[2]
         void (*exp_f32)(const float*, float*, ptrdiff_t) noexcept nogil
         void (*exp_f64)(const double*, double*, ptrdiff_t) noexcept nogil
         void (*count_kept)(const ptrdiff_t*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t*, ptrdiff_t*) noexcept nogil
@@ -322,6 +323,29 @@ def evaluate_index(
     k.C = C
     with nogil:
         _run(_kernels.evaluate[_dtype(<floating*>NULL)], &k, N, _threads(N, C), NULL, 0)
+
+
+def compare_rows(const floating[:, :] A, const floating[:, :] B, double[::1] kl, Py_ssize_t[::1] agree):
+    """Per row pair of A (a model's logits) and B (a reference's), in one pass over both:
+    KL(softmax(B) || softmax(A)) into ``kl`` (NaN where either softmax is undefined: a NaN,
+    a +inf, no finite logit) and whether their argmax (first index) agree into ``agree``
+    (0 for such rows)."""
+    cdef Py_ssize_t N = A.shape[0], C = A.shape[1]
+    cdef xent_args k
+    _check_outputs(A, 0, False, A, False, kl.shape[0])
+    _check_rows("B", B, N, C)
+    _check_length("agree", agree.shape[0], N)
+    if N == 0:
+        return
+    k.A = <const char*>&A[0, 0]
+    k.a_stride = A.strides[0]
+    k.Q = <const char*>&B[0, 0]
+    k.q_stride = B.strides[0]
+    k.out = &kl[0]
+    k.rank = <ptrdiff_t*>&agree[0]
+    k.C = C
+    with nogil:
+        _run(_kernels.compare[_dtype(<floating*>NULL)], &k, N, _threads(N, 2 * C), NULL, 0)
 
 
 def softmax(const floating[:, :] A, floating[:, :] out, bint log_space):

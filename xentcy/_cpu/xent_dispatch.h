@@ -54,6 +54,7 @@ typedef struct {
     xent_rows_fn softmax[2];
     xent_rows_fn logsumexp[2];
     xent_rows_fn evaluate[2];
+    xent_rows_fn compare[2];        /* KL and argmax agreement of the row pairs A, Q */
     void (*exp_f32)(const float*, float*, ptrdiff_t);
     void (*exp_f64)(const double*, double*, ptrdiff_t);
     void (*count_kept)(const ptrdiff_t*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t*, ptrdiff_t*);
@@ -102,6 +103,7 @@ typedef struct {
      {softmax_##isa##_f32, softmax_##isa##_f64},                                            \
      {logsumexp_##isa##_f32, logsumexp_##isa##_f64},                                        \
      {evaluate_##isa##_f32, evaluate_##isa##_f64},                                          \
+     {compare_##isa##_f32, compare_##isa##_f64},                                            \
      exp_array_##isa##_f32, exp_array_##isa##_f64,                                          \
      count_kept_##isa##_idx}
 
