@@ -185,7 +185,11 @@ class Evaluation:
         For each k, the counted rows whose target ranks below k.
     kl_divergence, top1_agreement : float or None
         With reference logits: the mean KL(p_ref || p) (nats) and the fraction of rows
-        where both models' argmax agree; None without.
+        where both models' argmax agree; None without. Each row's KL keeps its digits
+        however small it is (two models 1e-3 apart in float32: a KL near 1e-7, to a few
+        ulp); it is +inf where p gives no mass to a class the reference does, and NaN (the
+        row not agreeing) where either softmax is undefined (a NaN, a +inf, no finite
+        logit).
     kl_sum : float
     agreement_count, reference_count : int
         The sums behind them.
@@ -570,7 +574,9 @@ def evaluate(
         Rows (along the first batch axis) per batch; None: the whole array at once.
     reference : array, optional
         Logits of a reference model, of the logits' shape: adds the mean KL divergence
-        KL(p_ref || p) and the top-1 agreement of the two models.
+        KL(p_ref || p) and the top-1 agreement of the two models, from one pass over each
+        pair of rows on the CPU (the array-API path elsewhere, in float64 where the library
+        has it). ``target`` may then be None.
     progress : bool, default False
         A progress bar on stderr (rows done, rows/s, ETA).
     device : {None, "cpu", "cuda"}, optional
