@@ -111,22 +111,27 @@ def in_memory(repeats):
         "a copy of the logits (np.copyto)": (lambda: np.copyto(buf, A)),
     }
     cases.update(peers(A, y))
+    med = medians(cases, repeats)
+    floor = med["xentcy.cross_entropy (forward only: the floor)"]
+    ev = med["xentcy.evaluate, top_k=(1, 5), entropy"]
+    print(f"In memory: ({N}, {C}) float32, one thread, medians of {repeats}\n")
+    print("| what | ms | / forward | evaluate's speed-up |")
+    print("| --- | ---: | ---: | ---: |")
+    for k, t in med.items():
+        print(f"| {k} | {t * 1e3:.1f} | {t / floor:.2f} | {t / ev:.1f}x |")
+    print()
+    return A, y
+
+
+def medians(cases, repeats):
+    """The median time of each case, the cases alternating (a warm-up call each first)."""
     times = {k: [] for k in cases}
     for fn in cases.values():
         fn()
     for _ in range(repeats):
         for k, fn in cases.items():
             times[k] += timed(fn, 1)
-    floor = statistics.median(times["xentcy.cross_entropy (forward only: the floor)"])
-    ev = statistics.median(times["xentcy.evaluate, top_k=(1, 5), entropy"])
-    print(f"In memory: ({N}, {C}) float32, one thread, medians of {repeats}\n")
-    print("| what | ms | / forward | evaluate's speed-up |")
-    print("| --- | ---: | ---: | ---: |")
-    for k, t in times.items():
-        med = statistics.median(t)
-        print(f"| {k} | {med * 1e3:.1f} | {med / floor:.2f} | {med / ev:.1f}x |")
-    print()
-    return A, y
+    return {k: statistics.median(t) for k, t in times.items()}
 
 
 def reference_logits(repeats, n=4096):
@@ -179,19 +184,13 @@ def reference_logits(repeats, n=4096):
         cases[f"torch {torch.__version__} (log_softmax x2, kl_div, argmax)"] = torch_way
     except ImportError:
         pass
-    times = {k: [] for k in cases}
-    for fn in cases.values():
-        fn()
-    for _ in range(repeats):
-        for k, fn in cases.items():
-            times[k] += timed(fn, 1)
-    floor = statistics.median(next(iter(times.values())))
+    med = medians(cases, repeats)
+    floor = next(iter(med.values()))
     print(f"Reference logits: ({n}, {C}) float32 twice, one thread, medians of {repeats}\n")
     print("| what | ms | / two forward passes |")
     print("| --- | ---: | ---: |")
-    for k, t in times.items():
-        med = statistics.median(t)
-        print(f"| {k} | {med * 1e3:.1f} | {med / floor:.2f} |")
+    for k, t in med.items():
+        print(f"| {k} | {t * 1e3:.1f} | {t / floor:.2f} |")
     print()
 
 
