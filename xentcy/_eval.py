@@ -344,16 +344,17 @@ class Evaluator:
             if reference is None:
                 raise ValueError("target may be None only with reference logits (for the KL divergence)")
             xp = _dispatch.namespace(logits=logits, reference=reference)
+            backend = _dispatch.backend(xp, logits)
+            _checks.check_logits(xp, logits, "logits", getattr(backend, "DTYPES", None))
             counted = None
         if reference is not None:
-            self._update_reference(xp, logits, reference, counted)
+            self._update_reference(backend, xp, logits, reference, counted)
         st.batches += 1
 
-    def _update_reference(self, xp: Any, logits: Any, reference: Any, counted: Any) -> None:
+    def _update_reference(self, backend: Any, xp: Any, logits: Any, reference: Any, counted: Any) -> None:
+        # (the logits are checked already, with the target or without)
         ax = _checks.normalize_axis(self.axis, logits.ndim)
-        backend = _dispatch.backend(xp, logits)
-        for name, x in (("logits", logits), ("reference", reference)):
-            _checks.check_logits(xp, x, name, getattr(backend, "DTYPES", None))
+        _checks.check_logits(xp, reference, "reference", getattr(backend, "DTYPES", None))
         fused = getattr(backend, "compare_rows", None)
         kl, agree = (fused or _generic_compare_rows)(xp, logits, reference, ax)
         st = self._state

@@ -264,7 +264,7 @@ XI V XN(expm1_minus_x)(V x) {
 }
 
 /* The row pair in double, one class at a time: rows with a NaN, an infinite max or no
- * finite logit (where the vector passes' shifts do not apply), and the tests' check. */
+ * finite logit (where the vector passes' shifts do not apply). */
 static XENT_TARGET double XN(kl_row_scalar)(const T* a, const T* b, ptrdiff_t C) {
     double ma = -INFINITY, mb = -INFINITY, sp = 0.0, sq = 0.0, t = 0.0;
     for (ptrdiff_t c = 0; c < C; c++) {
