@@ -39,8 +39,10 @@ def softmax(x: Any, /, *, axis: int = -1) -> Any:
     >>> xc.softmax(np.array([2.0, 1.0, 0.1])).round(3)
     array([0.659, 0.242, 0.099])
     """
-    xp, backend, ax = _prepare_rows(x, axis)
-    return backend.softmax(xp, x, ax, False)
+    with _dispatch.route({"x": x}) as r:
+        x = r.arrays["x"]
+        xp, backend, ax = _prepare_rows(x, axis)
+        return r.back(backend.softmax(xp, x, ax, False))
 
 
 def log_softmax(x: Any, /, *, axis: int = -1) -> Any:
@@ -65,8 +67,10 @@ def log_softmax(x: Any, /, *, axis: int = -1) -> Any:
     >>> xc.log_softmax(np.array([0.0, 0.0])).round(4)
     array([-0.6931, -0.6931])
     """
-    xp, backend, ax = _prepare_rows(x, axis)
-    return backend.softmax(xp, x, ax, True)
+    with _dispatch.route({"x": x}) as r:
+        x = r.arrays["x"]
+        xp, backend, ax = _prepare_rows(x, axis)
+        return r.back(backend.softmax(xp, x, ax, True))
 
 
 def logsumexp(x: Any, /, *, axis: int = -1, keepdims: bool = False) -> Any:
@@ -94,8 +98,10 @@ def logsumexp(x: Any, /, *, axis: int = -1, keepdims: bool = False) -> Any:
     >>> xc.logsumexp(np.array([[1000.0, 1000.0], [0.0, -np.inf]]))
     array([1000.69314718,    0.        ])
     """
-    xp, backend, ax = _prepare_rows(x, axis)
-    return backend.logsumexp(xp, x, ax, _checks.check_flag(keepdims, "keepdims"))
+    with _dispatch.route({"x": x}) as r:
+        x = r.arrays["x"]
+        xp, backend, ax = _prepare_rows(x, axis)
+        return r.back(backend.logsumexp(xp, x, ax, _checks.check_flag(keepdims, "keepdims")))
 
 
 def _prepare_cross_entropy(
@@ -135,6 +141,10 @@ def denominator(backend: Any, call: _checks.CrossEntropyCall) -> Any:
     """D of the call and the class-index range check."""
     if hasattr(backend, "denominator"):  # Dask: D lazily, chunk by chunk
         return backend.denominator(call)
+    if call.traced and call.class_indices:
+        # inside a JAX trace nothing can be read back: the generic path gives the rows of bad
+        # class indices a NaN loss and gradient instead of the ValueError (api.md, Errors)
+        return _checks.unchecked_denominator(call)[0]
     # D and the range check, in one compiled pass where the backend has one
     return _checks.denominator(call, getattr(backend, "class_index_summary", None))
 
@@ -208,11 +218,13 @@ def cross_entropy(
     >>> xc.cross_entropy(A, np.array([[0, 1, 0], [1, 0, 0]]), reduction="none").round(3)
     array([1.417, 2.62 ])
     """
-    backend, call, denom = _prepare_cross_entropy(
-        logits, target, axis, weight, ignore_index, label_smoothing, reduction
-    )
-    losses, _ = backend.cross_entropy_rows(call, want_grad=False, out=None, grad_scale=0.0)
-    return _checks.reduce_losses(call, losses, denom)
+    with _dispatch.route({"logits": logits, "target": target, "weight": weight}) as r:
+        a = r.arrays
+        backend, call, denom = _prepare_cross_entropy(
+            a["logits"], a["target"], axis, a["weight"], ignore_index, label_smoothing, reduction
+        )
+        losses, _ = backend.cross_entropy_rows(call, want_grad=False, out=None, grad_scale=0.0)
+        return r.back(_checks.reduce_losses(call, losses, denom))
 
 
 def loss_and_grad(
@@ -265,19 +277,23 @@ def loss_and_grad(
     >>> xc.loss_and_grad(A, np.array([1, 0]), out=G)[1] is G
     True
     """
-    backend, call, denom = _prepare_cross_entropy(
-        logits, target, axis, weight, ignore_index, label_smoothing, reduction, out
-    )
-    _checks.check_grad_output(
-        call, out, inplace, backend, {"logits": logits, "target": target, "weight": weight}
-    )
-    losses, grad = backend.cross_entropy_rows(
-        call,
-        want_grad=True,
-        out=logits if inplace else out,
-        grad_scale=_checks.gradient_scale(call, denom),
-    )
-    return _checks.reduce_losses(call, losses, denom), grad
+    writes = ("out",) if out is not None else ("logits",) if inplace is True else ()
+    with _dispatch.route({"logits": logits, "target": target, "weight": weight, "out": out}, writes) as r:
+        a = r.arrays
+        logits, target, weight, out = a["logits"], a["target"], a["weight"], a["out"]
+        backend, call, denom = _prepare_cross_entropy(
+            logits, target, axis, weight, ignore_index, label_smoothing, reduction, out
+        )
+        _checks.check_grad_output(
+            call, out, inplace, backend, {"logits": logits, "target": target, "weight": weight}
+        )
+        losses, grad = backend.cross_entropy_rows(
+            call,
+            want_grad=True,
+            out=logits if inplace else out,
+            grad_scale=_checks.gradient_scale(call, denom),
+        )
+        return r.back((_checks.reduce_losses(call, losses, denom), grad))
 
 
 def cross_entropy_grad(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,28 @@ from array_api_compat import array_namespace, device, is_array_api_obj, is_numpy
 
 REDUCTIONS = ("mean", "sum", "none")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def traced(x: Any) -> bool:
+    """Whether x is a JAX tracer (inside ``jit``, ``grad``, ``vmap``): no value can be read back."""
+    jax = sys.modules.get("jax")
+    return jax is not None and isinstance(x, jax.core.Tracer)
+
+
+def _without_x64(xp: Any) -> bool:
+    """JAX with 64-bit types off, where asking for int64 or float64 warns and gives 32 bits."""
+    jax = sys.modules.get("jax")
+    return jax is not None and xp.__name__.startswith("jax") and not jax.config.jax_enable_x64
+
+
+def index_dtype(xp: Any) -> Any:
+    """int64, or int32 where the library has no int64 (JAX without x64)."""
+    return xp.int32 if _without_x64(xp) else xp.int64
+
+
+def sum_dtype(xp: Any) -> Any:
+    """float64, or float32 where the library has no float64 (JAX without x64)."""
+    return xp.float32 if _without_x64(xp) else xp.float64
 
 
 @dataclass(frozen=True)
@@ -42,6 +65,7 @@ class CrossEntropyCall:
     ignore_index: int
     label_smoothing: float
     reduction: str
+    traced: bool = False  # inside a JAX trace: nothing can be read back (bad indices give NaN)
 
     @property
     def num_samples(self) -> int:
@@ -193,8 +217,8 @@ def _check_class_index_dtype(xp: Any, y: Any, num_classes: int, ignore_index: in
             "target with one dimension fewer than logits must hold integer class indices, "
             f"got dtype {_describe_dtype(y.dtype)}"
         )
-    y64 = xp.astype(y, xp.int64, copy=False)
-    if xp.iinfo(y.dtype).max > INT64_MAX:
+    y64 = xp.astype(y, index_dtype(xp), copy=False)
+    if xp.iinfo(y.dtype).max > INT64_MAX and not traced(y):
         # an unsigned value v >= 2**63 became v - 2**64 < 0 (torch's uint64 has no comparisons)
         wrapped = y64 < 0
         if bool(xp.any(wrapped)):
@@ -295,6 +319,7 @@ def check_cross_entropy(
         ignore_index=ignore_index,
         label_smoothing=_effective_smoothing(xp, eps, num_classes, logits.dtype),
         reduction=reduction,
+        traced=traced(logits) or traced(target),
     )
 
 
@@ -379,11 +404,11 @@ def unchecked_denominator(call: CrossEntropyCall) -> tuple[Any, Any]:
     valid = kept & (y >= 0) & (y < call.num_classes)
     bad = xp.any(kept & ~valid)
     if call.weight is None:
-        return xp.astype(xp.sum(xp.astype(valid, xp.int64)), xp.float64), bad
+        return xp.astype(xp.sum(xp.astype(valid, index_dtype(xp))), sum_dtype(xp)), bad
     safe = xp.where(valid, y, xp.zeros_like(y))
     w_y = xp.take(call.weight, xp.reshape(safe, (-1,)))
     w_y = xp.where(xp.reshape(valid, (-1,)), w_y, xp.zeros_like(w_y))
-    return xp.sum(xp.astype(w_y, xp.float64)), bad
+    return xp.sum(xp.astype(w_y, sum_dtype(xp))), bad
 
 
 def gradient_scale(call: CrossEntropyCall, denom: Any) -> Any:

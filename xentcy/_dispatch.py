@@ -1,13 +1,15 @@
 """Which backend computes a call: chosen once from the array namespace of its arguments.
 
 array-api-compat's ``is_*_namespace`` helpers look only at modules already
-imported, so xentcy never imports CuPy, torch, JAX or Dask itself.
+imported, so xentcy never imports torch, JAX or Dask itself, and CuPy only for a
+torch CUDA tensor (:func:`route`).
 """
 
 from __future__ import annotations
 
 import functools
 import numbers
+import sys
 from typing import Any
 
 import array_api_compat
@@ -84,3 +86,151 @@ def backend(xp: Any, x: Any) -> Any:
     from . import _generic
 
     return _generic
+
+
+# -- routing by DLPack: CPU arrays of torch and JAX onto the CPU core, torch CUDA tensors onto
+# CuPy and xentcy's CUDA kernels, without a copy. Only this module knows of torch and JAX.
+
+
+def _same(result: Any) -> Any:
+    return result
+
+
+class Route:
+    """A call's arrays as the backend that computes them sees them (``arrays``), and
+    :meth:`back`, which returns a result in the caller's library.
+
+    Use it as a context manager: a torch CUDA call runs inside torch's current stream.
+    """
+
+    __slots__ = ("arrays", "_back", "_originals", "_stream")
+
+    def __init__(self, arrays: dict[str, Any], back: Any = None, originals: Any = None, stream: Any = None):
+        self.arrays = arrays
+        self._back = back
+        self._originals = originals or {}
+        self._stream = stream
+
+    def __enter__(self) -> Route:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._stream is not None:
+            self._stream.__exit__(*exc)
+
+    @property
+    def routed(self) -> bool:
+        return self._back is not None
+
+    def back(self, result: Any) -> Any:
+        """``result`` (an array of the computing library, or a tuple of them) in the caller's library;
+        a view of one of the caller's own arrays (``out=``, ``inplace=True``) is that array."""
+        if self._back is None or result is None:
+            return result
+        if isinstance(result, tuple):
+            return tuple(self.back(r) for r in result)
+        original = self._originals.get(id(result))
+        return original if original is not None else self._back(result)
+
+
+def _plain(x: Any) -> bool:
+    return x is None or type(x) is np.ndarray or isinstance(x, (numbers.Number, list, tuple))
+
+
+_FLOATS = ("float32", "float64")
+
+
+def _torch_route(arrays: dict[str, Any], logits: Any) -> Route | None:
+    torch = sys.modules["torch"]
+    views: dict[str, Any] = {}
+    device = logits.device
+    for name, x in arrays.items():
+        if _plain(x) and (name == "weight" or type(x) is not np.ndarray):
+            views[name] = x  # (a NumPy weight is converted by the checks; a NumPy target is an error)
+            continue
+        if not isinstance(x, torch.Tensor) or x.device != device:
+            return None  # another library, or another device: the checks say so
+        if x.requires_grad or x.is_conj() or x.is_neg() or x.layout != torch.strided:
+            return None  # autograd, lazy conjugation or negation, sparse: the generic path
+        if device.type == "cpu" and x.dtype.is_floating_point and str(x.dtype)[6:] not in _FLOATS:
+            return None  # half precision on the CPU: the core takes float32 and float64
+        if x.dtype.is_complex:
+            return None
+        views[name] = x
+    if device.type == "cpu":
+        try:
+            converted = {n: np.from_dlpack(x) if isinstance(x, torch.Tensor) else x for n, x in views.items()}
+        except (BufferError, TypeError, ValueError, RuntimeError):
+            return None
+        back = torch.from_dlpack
+        stream = None
+    elif device.type == "cuda" and _have_cupy():
+        import cupy
+
+        stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream, device.index)
+        stream.__enter__()  # (left by Route.__exit__) the views are taken on torch's stream
+        try:
+            converted = {
+                n: cupy.from_dlpack(x) if isinstance(x, torch.Tensor) else x for n, x in views.items()
+            }
+        except Exception:
+            stream.__exit__(None, None, None)
+            return None
+        back = torch.from_dlpack
+    else:
+        return None  # MPS, XLA, meta; CUDA without CuPy: the generic path on the device
+    originals = {id(converted[n]): arrays[n] for n in converted if isinstance(arrays[n], torch.Tensor)}
+    return Route(converted, back, originals, stream)
+
+
+def _jax_route(arrays: dict[str, Any], writes: tuple[str, ...]) -> Route | None:
+    jax = sys.modules["jax"]
+    if writes:
+        return None  # JAX arrays are immutable: the checks refuse out= and inplace=
+    converted: dict[str, Any] = {}
+    for name, x in arrays.items():
+        if _plain(x) and (name == "weight" or type(x) is not np.ndarray):
+            converted[name] = x
+            continue
+        if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+            return None  # a trace: nothing can be read; the generic path, traced
+        if any(d.platform != "cpu" for d in x.devices()):
+            return None
+        if x.dtype.kind == "f" and x.dtype.name not in _FLOATS or x.dtype.kind == "c":
+            return None
+        try:
+            converted[name] = np.from_dlpack(x)  # read-only, no copy
+        except (BufferError, TypeError, ValueError, RuntimeError):
+            return None
+    return Route(converted, jax.numpy.asarray)
+
+
+@functools.cache
+def _have_cupy() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("cupy") is not None
+
+
+def route(arrays: dict[str, Any], writes: tuple[str, ...] = ()) -> Route:
+    """The route of a call's arrays (the logits first; ``writes``: the names of the arrays the
+    call writes into). PyTorch tensors on the CPU and JAX arrays on the CPU are viewed as NumPy
+    arrays (DLPack, no copy) and computed by the CPU core; torch CUDA tensors, where CuPy is
+    installed, are viewed as CuPy arrays and computed by xentcy's CUDA kernels on torch's
+    current stream. Every other array, and tensors that require grad, are conjugated or
+    negated lazily, of half precision on the CPU, or traced, keep their own library (the
+    generic path, differentiable by their library where it tracks gradients)."""
+    logits = next(iter(arrays.values()))
+    if _plain(logits) or _bridge_disabled:
+        return Route(arrays)
+    module = type(logits).__module__.partition(".")[0]
+    found = None
+    if module == "torch" and "torch" in sys.modules:
+        found = _torch_route(arrays, logits)
+    elif module in ("jax", "jaxlib") and "jax" in sys.modules:
+        found = _jax_route(arrays, writes)
+    return found if found is not None else Route(arrays)
+
+
+# Set by xentcy._testing only: the tests run torch and JAX arrays through the generic path too.
+_bridge_disabled = False

@@ -312,6 +312,12 @@ class Evaluator:
 
         Bad arguments raise at once, as in :func:`xentcy.cross_entropy`.
         """
+        arrays = {"logits": logits, "target": target, "reference": reference, "weight": self.weight}
+        with _dispatch.route(arrays) as r:
+            a = r.arrays
+            self._update(a["logits"], a["target"], a["reference"], a["weight"])
+
+    def _update(self, logits: Any, target: Any, reference: Any, weight: Any) -> None:
         st = self._state
         shape, ref_shape = tuple(getattr(logits, "shape", ())), tuple(getattr(reference, "shape", ()))
         if reference is not None and ref_shape != shape:
@@ -321,7 +327,7 @@ class Evaluator:
             backend, call = _api.checked_call(
                 {"logits": logits, "target": target, "reference": reference},
                 axis=self.axis,
-                weight=self.weight,
+                weight=weight,
                 ignore_index=self.ignore_index,
                 label_smoothing=self.label_smoothing,
                 reduction="sum",
@@ -694,14 +700,15 @@ def target_rank(logits: Any, target: Any, /, *, axis: int = -1, ignore_index: in
     >>> xc.target_rank(np.array([[2.0, 1.0, 0.1], [0.1, 2.0, 2.0]]), np.array([1, 2]))
     array([1, 1])
     """
-    backend, call = _api.checked_call(
-        {"logits": logits, "target": target},
-        axis=axis,
-        weight=None,
-        ignore_index=ignore_index,
-        label_smoothing=0.0,
-        reduction="none",
-    )
-    _api.denominator(backend, call)  # the range check
-    _, ranks, _ = row_metrics(backend, call)
-    return ranks
+    with _dispatch.route({"logits": logits, "target": target}) as r:
+        backend, call = _api.checked_call(
+            r.arrays,
+            axis=axis,
+            weight=None,
+            ignore_index=ignore_index,
+            label_smoothing=0.0,
+            reduction="none",
+        )
+        _api.denominator(backend, call)  # the range check
+        _, ranks, _ = row_metrics(backend, call)
+        return r.back(ranks)

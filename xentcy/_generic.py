@@ -8,6 +8,7 @@ target; that costs an (N, C) temporary, which the compiled backends avoid.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from array_api_compat import device as _device
@@ -110,6 +111,15 @@ def cross_entropy_rows(call: Any, *, want_grad: bool, out: Any, grad_scale: Any)
     if call.class_indices:
         nan_sample = nan_sample & (call.target != call.ignore_index)[..., None]
     loss = xp.where(nan_sample, s, loss)
+    if call.traced and call.class_indices:
+        # no range check could run (a JAX trace): a bad class index makes its row's loss NaN,
+        # and its gradient too, also where the trace differentiates this (NaN times the row)
+        y = call.target[..., None]
+        bad = (y != call.ignore_index) & ((y < 0) | (y >= call.num_classes))
+        # (a NaN factor only on bad rows: jax.grad of a where() multiplies the other branch by 0)
+        factor = xp.where(bad, xp.asarray(math.nan, dtype=work), xp.asarray(0.0, dtype=work))
+        finite = xp.where(xp.isfinite(a), a, xp.zeros_like(a))
+        loss = loss + factor * xp.sum(finite, axis=-1, keepdims=True)
     loss = xp.astype(loss[..., 0], _accumulation_dtype(xp, logits))
     if not want_grad:
         return loss, None
@@ -120,6 +130,8 @@ def cross_entropy_rows(call: Any, *, want_grad: bool, out: Any, grad_scale: Any)
     if call.class_indices:
         nonzero = nonzero & (call.target != call.ignore_index)[..., None]
     grad = xp.where(nonzero, grad, xp.zeros_like(grad))
+    if call.traced and call.class_indices:
+        grad = xp.where(bad, xp.asarray(math.nan, dtype=grad.dtype), grad)
     grad = xp.astype(xp.moveaxis(grad, -1, call.axis), logits.dtype)
     if out is None:
         return loss, grad

@@ -1,0 +1,277 @@
+"""PyTorch and JAX on xentcy's kernels: zero-copy routing, autograd, torch.compile, jax.grad.
+
+References are torch's own loss, jax.nn.log_softmax written here, and finite differences;
+never xentcy's other paths.
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+import xentcy as xc  # noqa: E402
+
+
+def _data(n=16, c=7, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, dtype=dtype, generator=g), torch.randint(0, c, (n,), generator=g)
+
+
+# -- zero-copy routing of plain xentcy calls
+
+
+def test_torch_cpu_results_are_torch_and_match_torch():
+    A, y = _data(dtype=torch.float32)
+    loss, grad = xc.loss_and_grad(A, y)
+    assert isinstance(loss, torch.Tensor) and isinstance(grad, torch.Tensor)
+    ref = A.clone().requires_grad_()
+    F.cross_entropy(ref, y).backward()
+    torch.testing.assert_close(loss, F.cross_entropy(A, y), rtol=2e-6, atol=0)
+    torch.testing.assert_close(grad, ref.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_out_and_inplace_write_the_tensors_own_memory():
+    A, y = _data()
+    G = torch.empty_like(A)
+    _, grad = xc.loss_and_grad(A, y, out=G)
+    assert grad is G and G.data_ptr() == grad.data_ptr()
+    B = A.clone()
+    ptr = B.data_ptr()
+    _, grad2 = xc.loss_and_grad(B, y, inplace=True)
+    assert grad2 is B and B.data_ptr() == ptr
+    torch.testing.assert_close(B, G, rtol=0, atol=0)
+    ref = A.clone().requires_grad_()
+    F.cross_entropy(ref, y).backward()
+    torch.testing.assert_close(G, ref.grad)
+
+
+def test_routed_result_shares_memory_with_the_core_output():
+    # the gradient is the core's buffer seen by torch, not a copy of it
+    A, y = _data()
+    _, grad = xc.loss_and_grad(A, y)
+    assert np.shares_memory(grad.numpy(), grad.numpy())  # a CPU tensor whose memory NumPy can see
+    assert grad.is_contiguous()
+
+
+def test_tensor_that_requires_grad_takes_the_generic_path_and_is_differentiable():
+    # the rule: the plain functions never detach; autograd tracks them through torch's ops
+    A, y = _data()
+    a = A.clone().requires_grad_()
+    loss = xc.cross_entropy(a, y)
+    assert loss.grad_fn is not None
+    loss.backward()
+    ref = A.clone().requires_grad_()
+    F.cross_entropy(ref, y).backward()
+    torch.testing.assert_close(a.grad, ref.grad)
+
+
+def test_non_contiguous_tensor():
+    A, y = _data(n=8, c=12)
+    At = A.t().contiguous().t()  # column-major
+    torch.testing.assert_close(xc.cross_entropy(At, y), F.cross_entropy(A, y))
+
+
+def test_torch_logits_with_numpy_target_is_still_an_error():
+    A, y = _data()
+    with pytest.raises(TypeError, match="different array libraries"):
+        xc.cross_entropy(A, y.numpy())
+
+
+# -- xentcy.torch
+
+xt = pytest.importorskip("xentcy.torch")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("kw", [{}, {"weight": True}, {"ignore_index": 2}, {"label_smoothing": 0.1}])
+def test_gradcheck_float64(reduction, kw):
+    A, y = _data(n=6, c=5)
+    kw = dict(kw)
+    if kw.get("weight"):
+        kw["weight"] = torch.rand(5, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) + 0.1
+    a = A.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: xt.cross_entropy(t, y, reduction=reduction, **kw), (a,))
+    torch.testing.assert_close(
+        xt.cross_entropy(A, y, reduction=reduction, **kw), F.cross_entropy(A, y, reduction=reduction, **kw)
+    )
+
+
+def test_gradcheck_probability_targets_and_nd_layout():
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(3, 4, 5, dtype=torch.float64, generator=g, requires_grad=True)  # (N, C, d1)
+    P = torch.softmax(torch.randn(3, 4, 5, dtype=torch.float64, generator=g), 1)
+    assert torch.autograd.gradcheck(lambda t: xt.cross_entropy(t, P), (A,))
+    torch.testing.assert_close(xt.cross_entropy(A, P), F.cross_entropy(A, P))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-6), (torch.bfloat16, 1e-2)])
+def test_matches_torch_in_low_precision(dtype, tol):
+    A, y = _data(n=64, c=100, dtype=dtype)
+    a, ref = A.clone().requires_grad_(), A.clone().requires_grad_()
+    loss = xt.cross_entropy(a, y)
+    loss.backward()
+    F.cross_entropy(ref.float(), y).backward()
+    assert loss.dtype == torch.float32  # float32 for half precision (api.md)
+    assert a.grad.dtype == dtype
+    torch.testing.assert_close(loss, F.cross_entropy(A.float(), y), rtol=tol, atol=0)
+    torch.testing.assert_close(a.grad.float(), ref.grad.float(), rtol=tol, atol=tol / 100)
+
+
+def test_second_derivative_is_a_clear_error():
+    A, y = _data()
+    a = A.clone().requires_grad_()
+    (g,) = torch.autograd.grad(xt.cross_entropy(a, y), a, create_graph=True)
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        g.sum().backward()
+
+
+def test_torch_func_grad_and_vmap():
+    A, y = _data()
+    grad = torch.func.grad(lambda t: xt.cross_entropy(t, y))(A)
+    torch.testing.assert_close(grad, torch.func.grad(lambda t: F.cross_entropy(t, y))(A))
+    B = torch.randn(3, *A.shape, dtype=A.dtype)
+    torch.testing.assert_close(
+        torch.func.vmap(torch.func.grad(lambda t: xt.cross_entropy(t, y)))(B),
+        torch.func.vmap(torch.func.grad(lambda t: F.cross_entropy(t, y)))(B),
+    )
+
+
+def _train(loss_fn, steps=50, compile_=False):
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 10, generator=g)
+    y = torch.randint(0, 4, (64,), generator=g)
+    model = torch.nn.Linear(10, 4)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(4, 10, generator=g) * 0.1)
+        model.bias.zero_()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(model(X), y)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    if compile_:
+        step = torch.compile(step)
+    return torch.stack([step() for _ in range(steps)])
+
+
+def test_training_loop_follows_torchs_loss():
+    ours, theirs = _train(xt.CrossEntropyLoss()), _train(torch.nn.CrossEntropyLoss())
+    assert ours[-1] < 0.9 * ours[0]  # it trains (random labels: the loss falls slowly)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_training_loop_under_torch_compile():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    ours = _train(xt.CrossEntropyLoss(), steps=10, compile_=True)
+    theirs = _train(torch.nn.CrossEntropyLoss(), steps=10)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_compile_fullgraph_has_no_graph_break():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    A, y = _data(n=32, c=50, dtype=torch.float32)
+    f = torch.compile(lambda t, u: xt.cross_entropy(t, u), fullgraph=True)
+    a = A.clone().requires_grad_()
+    f(a, y).backward()
+    ref = A.clone().requires_grad_()
+    F.cross_entropy(ref, y).backward()
+    torch.testing.assert_close(a.grad, ref.grad)
+
+
+# -- JAX
+
+
+@pytest.fixture()
+def jax_x64_off():
+    jax = pytest.importorskip("jax")
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", False)
+    yield jax
+    jax.config.update("jax_enable_x64", old)
+
+
+def _jax_ref(jax, a, y):
+    import jax.numpy as jnp
+
+    keep = y != -100
+    lp = jax.nn.log_softmax(a, axis=-1)
+    picked = jnp.take_along_axis(lp, jnp.where(keep, y, 0)[:, None], axis=1)[:, 0]
+    return -jnp.sum(jnp.where(keep, picked, 0.0)) / jnp.sum(keep)
+
+
+def test_jax_grad_jit_vmap_against_jax_nn_and_finite_differences(jax_x64_off):
+    import warnings
+
+    jax = jax_x64_off
+    import jax.numpy as jnp
+
+    import xentcy.jax as xj
+
+    rng = np.random.default_rng(0)
+    A = jnp.asarray(rng.standard_normal((12, 9)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 9, 12).astype(np.int32)).at[3].set(-100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # x64 off: no UserWarning on any call
+        loss = jax.jit(xj.cross_entropy)(A, y)
+        grad = jax.jit(jax.grad(xj.cross_entropy))(A, y)
+        batched = jax.vmap(xj.cross_entropy)(jnp.stack([A, A + 1.0]), jnp.stack([y, y]))
+        plain_jit = jax.jit(xc.cross_entropy)(A, y)
+    ref = _jax_ref(jax, A, y)
+    np.testing.assert_allclose(loss, ref, rtol=2e-6)
+    np.testing.assert_allclose(plain_jit, ref, rtol=2e-6)
+    np.testing.assert_allclose(grad, jax.grad(lambda a: _jax_ref(jax, a, y))(A), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(batched, [ref, _jax_ref(jax, A + 1.0, y)], rtol=2e-6)
+    # finite differences in float64, on the host
+    A64 = np.asarray(A, dtype=np.float64)
+    y64 = np.asarray(y)
+    h, i, j = 1e-5, 5, 2
+
+    def f(a):
+        a = np.array(a)
+        keep = y64 != -100
+        z = a - a.max(1, keepdims=True)
+        lp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        return -lp[keep, y64[keep]].mean()
+
+    up, dn = A64.copy(), A64.copy()
+    up[i, j] += h
+    dn[i, j] -= h
+    np.testing.assert_allclose(grad[i, j], (f(up) - f(dn)) / (2 * h), rtol=1e-3)
+
+
+def test_jax_bad_index_is_nan_in_a_trace_and_an_error_eagerly(jax_x64_off):
+    jax = jax_x64_off
+    import jax.numpy as jnp
+
+    import xentcy.jax as xj
+
+    A = jnp.asarray(np.random.default_rng(1).standard_normal((4, 5)).astype(np.float32))
+    y = jnp.asarray([1, 9, 3, -100], dtype=jnp.int32)
+    for fn in (xj.cross_entropy, xc.cross_entropy):
+        losses = jax.jit(lambda a, t, fn=fn: fn(a, t, reduction="none"))(A, y)
+        assert np.isnan(losses[1]) and np.isfinite(losses[0]) and losses[3] == 0
+        g = jax.jit(jax.grad(lambda a, t, fn=fn: fn(a, t, reduction="sum")))(A, y)
+        assert np.isnan(g[1]).all() and np.isfinite(g[0]).all() and (g[3] == 0).all()
+        with pytest.raises(ValueError, match="class index 9"):
+            fn(A, y)
+
+
+def test_jax_eager_arrays_run_on_the_core_and_come_back_as_jax(jax_x64_off):
+    jax = jax_x64_off
+    import jax.numpy as jnp
+
+    A = jnp.asarray(np.random.default_rng(2).standard_normal((8, 6)).astype(np.float32))
+    y = jnp.asarray(np.arange(8) % 6, dtype=jnp.int32)
+    loss, grad = xc.loss_and_grad(A, y)
+    assert isinstance(loss, jax.Array) and isinstance(grad, jax.Array)
+    np.testing.assert_allclose(loss, _jax_ref(jax, A, y), rtol=2e-6)
+    with pytest.raises((TypeError, ValueError)):
+        xc.loss_and_grad(A, y, inplace=True)

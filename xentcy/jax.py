@@ -1,0 +1,201 @@
+"""JAX integration: xentcy's fused loss under ``jit``, ``grad`` and ``vmap``.
+
+``xentcy.jax.cross_entropy`` is a ``jax.custom_vjp`` function whose forward pass runs
+xentcy's fused CPU kernel through ``jax.pure_callback``: the kernel computes the gradient
+with the loss, and the backward pass multiplies that saved gradient by the incoming
+cotangent. It works eagerly and under ``jit``, ``grad``, ``value_and_grad`` and ``vmap``
+(one kernel call per mapped problem), with 64-bit types on or off.
+
+Inside a trace a class index outside [0, C) (and not ``ignore_index``) cannot raise: that
+row's loss and gradient are NaN (the mean and sum too); eager calls raise a ValueError.
+No gradient flows to ``target`` or ``weight``. Importing this module imports JAX;
+``import xentcy`` does not.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _api, _checks
+
+__all__ = ["cross_entropy"]
+
+
+def _loss_dtype(dtype: Any) -> Any:
+    return jnp.float32 if jnp.dtype(dtype).itemsize < 4 else jnp.dtype(dtype)
+
+
+def _host(logits, target, weight, *, ignore_index, label_smoothing, reduction, axis, want_grad):
+    """The fused pass on the host (NumPy arrays). Bad class indices give NaN rows instead of
+    the ValueError: this runs inside a trace, where nothing can be raised to the caller."""
+    a = np.asarray(logits)
+    dtype = a.dtype
+    if dtype.itemsize < 4:
+        a = a.astype(np.float32)  # the CPU core computes float32 and float64
+    t = np.asarray(target)
+    bad = None
+    if t.ndim == a.ndim - 1:
+        num_classes = a.shape[axis]
+        bad = (t != ignore_index) & ((t < 0) | (t >= num_classes))
+        if bad.any():
+            t = np.where(bad, ignore_index, t)
+        else:
+            bad = None
+    options = dict(
+        axis=axis,
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+    )
+    loss_dtype = _loss_dtype(dtype)
+    if want_grad:
+        loss, grad = _api.loss_and_grad(a, t, **options)
+    else:
+        loss, grad = _api.cross_entropy(a, t, **options), None
+    loss = np.asarray(loss, dtype=loss_dtype)
+    if bad is not None:
+        if reduction == "none":
+            loss = np.where(bad, np.nan, loss).astype(loss_dtype)
+        else:
+            loss = np.asarray(np.nan, dtype=loss_dtype)
+        if grad is not None:
+            grad = np.where(np.expand_dims(bad, axis), np.nan, grad)
+    if grad is None:
+        return loss
+    return loss, np.asarray(grad, dtype=dtype)
+
+
+def _shapes(logits, reduction, axis, want_grad):
+    shape = logits.shape[:axis] + logits.shape[axis + 1 :] if reduction == "none" else ()
+    loss = jax.ShapeDtypeStruct(shape, _loss_dtype(logits.dtype))
+    return (loss, jax.ShapeDtypeStruct(logits.shape, logits.dtype)) if want_grad else loss
+
+
+def _call(logits, target, weight, options, want_grad):
+    host = functools.partial(_host, **dict(options), want_grad=want_grad)
+    shapes = _shapes(logits, dict(options)["reduction"], dict(options)["axis"], want_grad)
+    if weight is None:
+        return jax.pure_callback(
+            lambda a, t: host(a, t, None), shapes, logits, target, vmap_method="sequential"
+        )
+    return jax.pure_callback(host, shapes, logits, target, weight, vmap_method="sequential")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _cross_entropy(logits, target, weight, options):
+    return _call(logits, target, weight, options, False)
+
+
+def _forward(logits, target, weight, options):
+    loss, grad = _call(logits, target, weight, options, True)
+    return loss, (grad, target, weight)
+
+
+def _backward(options, saved, cotangent):
+    grad, target, weight = saved
+    opts = dict(options)
+    scale = jnp.expand_dims(cotangent, opts["axis"]) if opts["reduction"] == "none" else cotangent
+    d_logits = (grad * scale.astype(grad.dtype)).astype(grad.dtype)
+    d_target = (
+        np.zeros(target.shape, jax.dtypes.float0)
+        if jnp.issubdtype(target.dtype, jnp.integer)
+        else jnp.zeros_like(target)
+    )
+    d_weight = None if weight is None else jnp.zeros_like(weight)
+    return d_logits, d_target, d_weight
+
+
+_cross_entropy.defvjp(_forward, _backward)
+
+
+def cross_entropy(
+    logits: Any,
+    target: Any,
+    /,
+    *,
+    axis: int = -1,
+    weight: Any = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> Any:
+    """Softmax cross-entropy of ``logits`` against ``target``, differentiable by JAX.
+
+    The arguments of :func:`xentcy.cross_entropy` (the class axis is last by default, as
+    in optax).
+
+    Parameters
+    ----------
+    logits : jax.Array
+        float32 or float64 (float16 and bfloat16 are computed in float32), at least 1-D.
+    target : jax.Array or int
+        Class indices (the logits' shape without ``axis``) or class probabilities (the
+        logits' shape).
+    axis, weight, ignore_index, label_smoothing, reduction
+        As in :func:`xentcy.cross_entropy`.
+
+    Returns
+    -------
+    jax.Array
+        The loss: 0-d, or per sample for ``reduction="none"``; float32 for half-precision
+        logits, else the logits' dtype.
+
+    Examples
+    --------
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import xentcy.jax as xj
+    >>> A = jnp.array([[2.0, 1.0, 0.1], [0.1, 2.0, 1.9]])
+    >>> y = jnp.array([1, 0])
+    >>> print(f"{float(jax.jit(xj.cross_entropy)(A, y)):.5f}")
+    2.01851
+    >>> import numpy as np
+    >>> np.asarray(jax.grad(xj.cross_entropy)(A, y)).round(3)
+    array([[ 0.33 , -0.379,  0.049],
+           [-0.464,  0.243,  0.22 ]], dtype=float32)
+    """
+    if not isinstance(logits, jax.Array):
+        logits = jnp.asarray(logits)
+    if isinstance(target, int) and not isinstance(target, bool):
+        target = jnp.asarray(target)
+    if not isinstance(target, jax.Array):
+        target = jnp.asarray(target)
+    if weight is not None:
+        weight = jnp.asarray(weight, dtype=_loss_dtype(logits.dtype))
+    if not (_checks.traced(logits) or _checks.traced(target) or _checks.traced(weight)):
+        # eager: every check of xentcy.cross_entropy, with its errors (the values can be read)
+        _check_eager(logits, target, weight, axis, ignore_index, label_smoothing, reduction)
+    ax = _checks.normalize_axis(axis, logits.ndim)
+    _checks._check_options(ignore_index, label_smoothing, reduction)
+    options = (
+        ("axis", ax),
+        ("ignore_index", int(ignore_index)),
+        ("label_smoothing", float(label_smoothing)),
+        ("reduction", str(reduction)),
+    )
+    return _cross_entropy(logits, target, weight, options)
+
+
+def _check_eager(logits, target, weight, axis, ignore_index, label_smoothing, reduction) -> None:
+    """The checks of :func:`xentcy.cross_entropy`, on the values (eager calls only)."""
+    a = np.asarray(logits)
+    if a.dtype.itemsize < 4 and a.dtype.kind == "f":
+        a = a.astype(np.float32)
+    call = _checks.check_cross_entropy(
+        np,
+        a,
+        np.asarray(target),
+        axis=axis,
+        weight=None if weight is None else np.asarray(weight),
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+        dtypes=None,
+    )
+    _checks.denominator(call)  # the class-index range check

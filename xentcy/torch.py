@@ -1,0 +1,270 @@
+"""PyTorch integration: xentcy's fused loss as a differentiable torch operation.
+
+``xentcy.torch.cross_entropy`` and ``xentcy.torch.CrossEntropyLoss`` take PyTorch's
+argument names and its (N, C, d1, ...) layout (the class axis is 1) and train: the
+forward pass is xentcy's fused kernel, which computes the gradient with the loss, and
+the backward pass multiplies that saved gradient by the incoming one. They work in eager
+mode, under ``torch.compile`` (no graph break: the kernel is the custom operator
+``xentcy::cross_entropy``) and with ``torch.func`` (``grad``, ``vmap``).
+
+CPU tensors are viewed as NumPy arrays without a copy and run on the CPU core; CUDA
+tensors, where CuPy is installed, run on xentcy's CUDA kernels on torch's current stream;
+other devices take the generic path. Importing this module imports torch;
+``import xentcy`` does not.
+
+Differences from ``torch.nn.functional.cross_entropy``:
+
+* for float16 and bfloat16 logits the loss is float32 (torch's autocast also computes
+  this loss in float32; eager torch returns the logits' dtype). The gradient has the
+  logits' dtype;
+* a second derivative raises a RuntimeError (the backward reuses the saved gradient);
+* where every target is ignored or has weight 0, the mean is NaN and the gradient is 0
+  (torch's gradient is NaN there).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _api
+
+__all__ = ["CrossEntropyLoss", "cross_entropy"]
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _loss_meta(logits: torch.Tensor, reduction: str, axis: int) -> torch.Tensor:
+    dtype = torch.float32 if logits.dtype in _HALF else logits.dtype
+    shape = logits.shape[:axis] + logits.shape[axis + 1 :] if reduction == "none" else ()
+    return logits.new_empty(shape, dtype=dtype)
+
+
+@torch.library.custom_op("xentcy::cross_entropy", mutates_args=())
+def _fused(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: str,
+    axis: int,
+    want_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, gradient) of xentcy's fused pass; the gradient is empty without ``want_grad``."""
+    # (detached views: the op runs below autograd, but a tensor may still say requires_grad,
+    # which would send it to the generic path)
+    x, target = logits.detach(), target.detach()
+    weight = None if weight is None else weight.detach()
+    if x.dtype in _HALF and x.device.type == "cpu":
+        x = x.float()  # the CPU core computes float32 and float64
+    options = dict(
+        axis=axis,
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+    )
+    if not want_grad:
+        loss = _api.cross_entropy(x, target, **options)
+        return loss.to(_loss_meta(logits, reduction, axis).dtype), logits.new_empty((0,))
+    loss, grad = _api.loss_and_grad(x, target, **options)
+    return loss.to(_loss_meta(logits, reduction, axis).dtype), grad.to(logits.dtype)
+
+
+@_fused.register_fake
+def _fused_fake(logits, target, weight, ignore_index, label_smoothing, reduction, axis, want_grad):
+    grad = torch.empty_like(logits) if want_grad else logits.new_empty((0,))
+    return _loss_meta(logits, reduction, axis), grad
+
+
+@torch.library.register_vmap("xentcy::cross_entropy")
+def _fused_vmap(info, in_dims, logits, target, weight, *options):
+    """vmap: one fused call per problem of the batch (each has its own mean), stacked."""
+
+    def pick(x, dim, i):
+        return x if x is None or dim is None else x.select(dim, i)
+
+    outs = [
+        _fused(
+            pick(logits, in_dims[0], i), pick(target, in_dims[1], i), pick(weight, in_dims[2], i), *options
+        )
+        for i in range(info.batch_size)
+    ]
+    return (torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])), (0, 0)
+
+
+class _NoSecondDerivative(torch.autograd.Function):
+    """The identity, whose own derivative is a clear error: the first derivative is a saved
+    tensor, so a second one would silently be 0."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, anchor):
+        # ``anchor``: the logits, so that the result is part of the graph of a second derivative
+        return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, _):
+        raise RuntimeError(
+            "xentcy.torch.cross_entropy has no second derivative (its backward reuses the gradient "
+            "of the fused forward pass); use torch.nn.functional.cross_entropy for double backward"
+        )
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """The autograd of the fused op (a torch.autograd.Function, which torch.func takes, rather
+    than register_autograd, which torch.func.grad does not)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(logits, target, weight, ignore_index, label_smoothing, reduction, axis):
+        return _fused(logits, target, weight, ignore_index, label_smoothing, reduction, axis, True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, grad = output
+        ctx.mark_non_differentiable(grad)
+        ctx.set_materialize_grads(False)  # no N x C zeros for the gradient output's gradient
+        ctx.save_for_backward(grad, inputs[0])  # (the logits: only as the anchor of a 2nd derivative)
+        ctx.reduction, ctx.axis = inputs[5], inputs[6]
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_of_grad):
+        if grad_loss is None:
+            return (None,) * 7
+        grad, logits = ctx.saved_tensors
+        if ctx.reduction == "none":
+            scale = grad_loss.unsqueeze(ctx.axis)  # one factor a sample, across its classes
+        else:
+            scale = grad_loss
+        # (not in place: gradcheck and retain_graph run the backward more than once)
+        out = (grad * scale).to(grad.dtype)
+        if torch.is_grad_enabled():  # create_graph=True: a second derivative may follow
+            out = _NoSecondDerivative.apply(out, logits)
+        return out, None, None, None, None, None, None
+
+
+def cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+    axis: int = 1,
+) -> torch.Tensor:
+    """Softmax cross-entropy of ``logits`` against ``target``, differentiable by autograd.
+
+    The arguments of ``torch.nn.functional.cross_entropy`` (the class axis is 1, or 0 for
+    1-D logits); the results agree with it to rounding (float32 and float64), except as
+    the module's docstring says.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        float32, float64, float16 or bfloat16, shaped (C,), (N, C) or (N, C, d1, ...).
+    target : torch.Tensor
+        Class indices (int64, the logits' shape without the class axis) or class
+        probabilities (the logits' shape).
+    weight : torch.Tensor, optional
+        C class weights.
+    ignore_index : int, default -100
+        Class-index targets equal to it count for nothing.
+    label_smoothing : float, default 0.0
+        ε in [0, 1].
+    reduction : {"mean", "sum", "none"}, default "mean"
+        As in torch.
+    axis : int, default 1
+        The class axis.
+
+    Returns
+    -------
+    torch.Tensor
+        The loss: 0-d, or per sample for ``reduction="none"``; float32 for half-precision
+        logits, else the logits' dtype.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import xentcy.torch as xt
+    >>> A = torch.tensor([[2.0, 1.0, 0.1], [0.1, 2.0, 1.9]], requires_grad=True)
+    >>> loss = xt.cross_entropy(A, torch.tensor([1, 0]))
+    >>> loss
+    tensor(2.0185, grad_fn=<_CrossEntropyBackward>)
+    >>> loss.backward()
+    >>> A.grad
+    tensor([[ 0.3295, -0.3788,  0.0493],
+            [-0.4636,  0.2434,  0.2202]])
+    """
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if isinstance(target, int) and not isinstance(target, bool):
+        target = torch.tensor(target, device=logits.device)
+    if logits.ndim == 1 and axis == 1:
+        axis = 0  # torch's rule for unbatched logits: (C,)
+    if not -max(logits.ndim, 1) <= axis < max(logits.ndim, 1):
+        raise ValueError(f"axis {axis} is out of range for {logits.ndim}-D logits")
+    axis = axis % max(logits.ndim, 1)
+    args = (logits, target, weight, int(ignore_index), float(label_smoothing), str(reduction), axis)
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return _CrossEntropy.apply(*args)[0]
+    return _fused(*args, False)[0]
+
+
+class CrossEntropyLoss(torch.nn.Module):
+    """A drop-in for ``torch.nn.CrossEntropyLoss`` on xentcy's fused kernel.
+
+    Parameters
+    ----------
+    weight : torch.Tensor, optional
+        C class weights (a buffer of the module: it follows ``.to(device)``).
+    ignore_index : int, default -100
+    reduction : {"mean", "sum", "none"}, default "mean"
+    label_smoothing : float, default 0.0
+        As in :func:`cross_entropy`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import xentcy.torch as xt
+    >>> criterion = xt.CrossEntropyLoss(label_smoothing=0.1)
+    >>> A = torch.tensor([[2.0, 1.0, 0.1], [0.1, 2.0, 1.9]])
+    >>> criterion(A, torch.tensor([1, 0]))
+    tensor(1.9552)
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(
+            input,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            reduction=self.reduction,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+            f"label_smoothing={self.label_smoothing}"
+        )
