@@ -26,6 +26,31 @@ def median_ms(fn, repeats):
     return 1e3 * float(np.median(times))
 
 
+def _row(n, c, repeats, jax, jnp):
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((n, c), dtype=np.float32)
+    y = rng.integers(0, c, n)
+    At, yt = torch.from_numpy(A), torch.from_numpy(y)
+    Aj, yj = jnp.asarray(A), jnp.asarray(y)
+    t_np = median_ms(lambda: xc.loss_and_grad(A, y), repeats)
+    t_torch = median_ms(lambda: xc.loss_and_grad(At, yt), repeats)
+    t_jax = median_ms(lambda: jax.block_until_ready(xc.loss_and_grad(Aj, yj)), repeats)
+
+    def ours():
+        a = At.detach().requires_grad_()
+        xt.cross_entropy(a, yt).backward()
+
+    def theirs():
+        a = At.detach().requires_grad_()
+        F.cross_entropy(a, yt).backward()
+
+    t_ours, t_theirs = median_ms(ours, repeats), median_ms(theirs, repeats)
+    print(
+        f"| ({n}, {c}) | {t_np:.1f} | {t_torch:.1f} | {t_torch / t_np:.2f} | {t_jax:.1f} | "
+        f"{t_jax / t_np:.2f} | {t_ours:.1f} | {t_theirs:.1f} | {t_theirs / t_ours:.1f}x |"
+    )
+
+
 def main(repeats=7):
     torch.set_num_threads(1)
     _core.set_max_threads(1)
@@ -38,28 +63,7 @@ def main(repeats=7):
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n, c in SHAPES:
-        rng = np.random.default_rng(0)
-        A = rng.standard_normal((n, c), dtype=np.float32)
-        y = rng.integers(0, c, n)
-        At, yt = torch.from_numpy(A), torch.from_numpy(y)
-        Aj, yj = jnp.asarray(A), jnp.asarray(y)
-        t_np = median_ms(lambda: xc.loss_and_grad(A, y), repeats)
-        t_torch = median_ms(lambda: xc.loss_and_grad(At, yt), repeats)
-        t_jax = median_ms(lambda: jax.block_until_ready(xc.loss_and_grad(Aj, yj)), repeats)
-
-        def ours():
-            a = At.detach().requires_grad_()
-            xt.cross_entropy(a, yt).backward()
-
-        def theirs():
-            a = At.detach().requires_grad_()
-            F.cross_entropy(a, yt).backward()
-
-        t_ours, t_theirs = median_ms(ours, repeats), median_ms(theirs, repeats)
-        print(
-            f"| ({n}, {c}) | {t_np:.1f} | {t_torch:.1f} | {t_torch / t_np:.2f} | {t_jax:.1f} | "
-            f"{t_jax / t_np:.2f} | {t_ours:.1f} | {t_theirs:.1f} | {t_theirs / t_ours:.1f}x |"
-        )
+        _row(n, c, repeats, jax, jnp)
 
 
 if __name__ == "__main__":
