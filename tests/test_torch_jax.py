@@ -275,3 +275,30 @@ def test_jax_eager_arrays_run_on_the_core_and_come_back_as_jax(jax_x64_off):
     np.testing.assert_allclose(loss, _jax_ref(jax, A, y), rtol=2e-6)
     with pytest.raises((TypeError, ValueError)):
         xc.loss_and_grad(A, y, inplace=True)
+
+
+# -- torch CUDA tensors through CuPy (scripts/gpu_check.sh; not yet run on hardware)
+
+
+def _cuda_with_cupy():
+    import importlib.util
+
+    return torch.cuda.is_available() and importlib.util.find_spec("cupy") is not None
+
+
+@pytest.mark.skipif(not _cuda_with_cupy(), reason="needs a GPU: torch CUDA tensors and CuPy")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_cuda_tensors_run_on_xentcys_kernels(dtype):
+    A, y = _data(n=256, c=1000, dtype=torch.float32)
+    A, y = A.to("cuda", dtype), y.cuda()
+    G = torch.empty_like(A)
+    loss, grad = xc.loss_and_grad(A, y, out=G)
+    assert grad is G and loss.device.type == "cuda"
+    ref = A.float().clone().requires_grad_()
+    F.cross_entropy(ref, y).backward()
+    tol = 2e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(loss.float(), F.cross_entropy(A.float(), y), rtol=tol, atol=0)
+    torch.testing.assert_close(grad.float(), ref.grad, rtol=tol, atol=tol / 100)
+    a = A.clone().requires_grad_()
+    xt.cross_entropy(a, y).backward()
+    torch.testing.assert_close(a.grad.float(), ref.grad, rtol=tol, atol=tol / 100)
