@@ -156,9 +156,9 @@ def cross_entropy(
     >>> print(f"{float(jax.jit(xj.cross_entropy)(A, y)):.5f}")
     2.01851
     >>> import numpy as np
-    >>> np.asarray(jax.grad(xj.cross_entropy)(A, y)).round(3)
+    >>> np.asarray(jax.grad(xj.cross_entropy)(A, y), dtype=np.float64).round(3)
     array([[ 0.33 , -0.379,  0.049],
-           [-0.464,  0.243,  0.22 ]], dtype=float32)
+           [-0.464,  0.243,  0.22 ]])
     """
     if not isinstance(logits, jax.Array):
         logits = jnp.asarray(logits)
