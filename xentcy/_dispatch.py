@@ -92,10 +92,6 @@ def backend(xp: Any, x: Any) -> Any:
 # CuPy and xentcy's CUDA kernels, without a copy. Only this module knows of torch and JAX.
 
 
-def _same(result: Any) -> Any:
-    return result
-
-
 class Route:
     """A call's arrays as the backend that computes them sees them (``arrays``), and
     :meth:`back`, which returns a result in the caller's library.
@@ -118,10 +114,6 @@ class Route:
         if self._stream is not None:
             self._stream.__exit__(*exc)
 
-    @property
-    def routed(self) -> bool:
-        return self._back is not None
-
     def back(self, result: Any) -> Any:
         """``result`` (an array of the computing library, or a tuple of them) in the caller's library;
         a view of one of the caller's own arrays (``out=``, ``inplace=True``) is that array."""
@@ -137,6 +129,12 @@ def _plain(x: Any) -> bool:
     return x is None or type(x) is np.ndarray or isinstance(x, (numbers.Number, list, tuple))
 
 
+def _passes(name: str, x: Any) -> bool:
+    """Whether a routed call takes argument x as it is: None, a scalar, a list, or a NumPy
+    weight (the checks convert it); a NumPy target beside torch or JAX logits is not (an error)."""
+    return _plain(x) and (name == "weight" or type(x) is not np.ndarray)
+
+
 _FLOATS = ("float32", "float64")
 
 
@@ -145,8 +143,8 @@ def _torch_route(arrays: dict[str, Any], logits: Any) -> Route | None:
     views: dict[str, Any] = {}
     device = logits.device
     for name, x in arrays.items():
-        if _plain(x) and (name == "weight" or type(x) is not np.ndarray):
-            views[name] = x  # (a NumPy weight is converted by the checks; a NumPy target is an error)
+        if _passes(name, x):
+            views[name] = x
             continue
         if not isinstance(x, torch.Tensor) or x.device != device:
             return None  # another library, or another device: the checks say so
@@ -189,7 +187,7 @@ def _jax_route(arrays: dict[str, Any], writes: tuple[str, ...]) -> Route | None:
         return None  # JAX arrays are immutable: the checks refuse out= and inplace=
     converted: dict[str, Any] = {}
     for name, x in arrays.items():
-        if _plain(x) and (name == "weight" or type(x) is not np.ndarray):
+        if _passes(name, x):
             converted[name] = x
             continue
         if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
@@ -221,7 +219,7 @@ def route(arrays: dict[str, Any], writes: tuple[str, ...] = ()) -> Route:
     negated lazily, of half precision on the CPU, or traced, keep their own library (the
     generic path, differentiable by their library where it tracks gradients)."""
     logits = next(iter(arrays.values()))
-    if _plain(logits) or _bridge_disabled:
+    if _plain(logits):
         return Route(arrays)
     module = type(logits).__module__.partition(".")[0]
     found = None
@@ -230,7 +228,3 @@ def route(arrays: dict[str, Any], writes: tuple[str, ...] = ()) -> Route:
     elif module in ("jax", "jaxlib") and "jax" in sys.modules:
         found = _jax_route(arrays, writes)
     return found if found is not None else Route(arrays)
-
-
-# Set by xentcy._testing only: the tests run torch and JAX arrays through the generic path too.
-_bridge_disabled = False
