@@ -33,7 +33,8 @@ def _loss_dtype(dtype: Any) -> Any:
 def _host(logits, target, weight, *, ignore_index, label_smoothing, reduction, axis, want_grad):
     """The fused pass on the host (NumPy arrays). Bad class indices give NaN rows instead of
     the ValueError: this runs inside a trace, where nothing can be raised to the caller."""
-    a = np.asarray(logits)
+    a = np.asarray(logits)  # (the callback's arguments are jax.Arrays on JAX 0.10)
+    weight = None if weight is None else np.asarray(weight)
     dtype = a.dtype
     if dtype.itemsize < 4:
         a = a.astype(np.float32)  # the CPU core computes float32 and float64
@@ -77,7 +78,9 @@ def _shapes(logits, reduction, axis, want_grad):
     return (loss, jax.ShapeDtypeStruct(logits.shape, logits.dtype)) if want_grad else loss
 
 
-def _call(logits, target, weight, options, want_grad):
+def _callback(logits, target, weight, options, want_grad):
+    """The fused pass through jax.pure_callback: any platform (the arrays go to the host),
+    and a jaxlib without the typed FFI."""
     host = functools.partial(_host, **dict(options), want_grad=want_grad)
     shapes = _shapes(logits, dict(options)["reduction"], dict(options)["axis"], want_grad)
     if weight is None:
@@ -85,6 +88,74 @@ def _call(logits, target, weight, options, want_grad):
             lambda a, t: host(a, t, None), shapes, logits, target, vmap_method="sequential"
         )
     return jax.pure_callback(host, shapes, logits, target, weight, vmap_method="sequential")
+
+
+_FFI_TARGET = "xentcy_cross_entropy"
+_REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}
+
+
+@functools.cache
+def _ffi_registered() -> bool:
+    """Whether the CPU core's XLA FFI handler (xent_xla.h) is registered with this jaxlib."""
+    ffi = getattr(jax, "ffi", None)
+    if ffi is None or not hasattr(ffi, "ffi_call"):
+        return False
+    from ._cpu import _core
+
+    try:
+        ffi.register_ffi_target(_FFI_TARGET, _core.xla_cross_entropy(), platform="cpu")
+    except Exception:  # noqa: BLE001 - a jaxlib that refuses it: the callback path
+        return False
+    return True
+
+
+def _ffi(logits, target, weight, options, want_grad):
+    """The fused pass as XLA's custom call on the CPU: the kernel reads and writes XLA's own
+    buffers (no copy in or out), laid out as (N, C) rows with the classes last."""
+    opts = dict(options)
+    axis, reduction = opts["axis"], opts["reduction"]
+    num_classes = logits.shape[axis]
+    batch_shape = logits.shape[:axis] + logits.shape[axis + 1 :]
+    a = jnp.moveaxis(logits, axis, -1)
+    moved_shape = a.shape
+    a = a.reshape(-1, num_classes)
+    if a.dtype.itemsize < 4:
+        a = a.astype(jnp.float32)  # the CPU core computes float32 and float64
+    if target.ndim == logits.ndim:
+        t = jnp.moveaxis(target, axis, -1).reshape(a.shape).astype(a.dtype)
+    else:
+        t = target.reshape(-1)
+        if t.dtype not in (jnp.int32, jnp.int64):
+            t = t.astype(jnp.int64 if jax.config.jax_enable_x64 else jnp.int32)
+    w = jnp.zeros((0,), a.dtype) if weight is None else weight.astype(a.dtype)
+    loss = jax.ShapeDtypeStruct((a.shape[0],) if reduction == "none" else (), _loss_dtype(logits.dtype))
+    results = (loss, jax.ShapeDtypeStruct(a.shape, a.dtype)) if want_grad else (loss,)
+    out = jax.ffi.ffi_call(_FFI_TARGET, results, vmap_method="sequential")(
+        a,
+        t,
+        w,
+        ignore_index=np.int64(opts["ignore_index"]),
+        label_smoothing=np.float64(opts["label_smoothing"]),
+        reduction=np.int32(_REDUCTIONS[reduction]),
+    )
+    loss = out[0].reshape(batch_shape) if reduction == "none" else out[0]
+    if not want_grad:
+        return loss
+    grad = jnp.moveaxis(out[1].reshape(moved_shape), -1, axis).astype(logits.dtype)
+    return loss, grad
+
+
+def _call(logits, target, weight, options, want_grad):
+    if not _ffi_registered():
+        return _callback(logits, target, weight, options, want_grad)
+    # the custom call where the arrays are on the CPU, the callback on any other platform
+    return jax.lax.platform_dependent(
+        logits,
+        target,
+        weight,
+        cpu=lambda *a: _ffi(*a, options, want_grad),
+        default=lambda *a: _callback(*a, options, want_grad),
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))

@@ -18,9 +18,12 @@ Rows are split among OpenMP threads in contiguous ranges, and a row's result
 does not depend on the split.
 """
 
+from cpython.pycapsule cimport PyCapsule_New
 from cython.parallel cimport prange
-from libc.math cimport INFINITY
+from libc.math cimport INFINITY, NAN, isinf
 from libc.stddef cimport ptrdiff_t
+from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
 
 import numpy as np
 
@@ -428,3 +431,116 @@ def class_index_summary(
     if high >= num_classes:
         return d, high
     return d, (low if low < 0 else None)
+
+
+# -- the fused cross-entropy as an XLA FFI custom call (xent_xla.h), for xentcy.jax
+
+cdef extern from "xent_xla.h" nogil:
+    ctypedef struct XLA_FFI_CallFrame:
+        pass
+    ctypedef struct XLA_FFI_Error:
+        pass
+    ctypedef struct xent_xla_call:
+        const char* A
+        int f64
+        int64_t N, C
+        const void* y
+        int y64
+        const char* Q
+        const void* w
+        void* loss
+        int loss_f64
+        char* G
+        int64_t ignore_index
+        double eps
+        int reduction
+    int xent_xla_metadata(XLA_FFI_CallFrame* frame)
+    XLA_FFI_Error* xent_xla_error(const XLA_FFI_CallFrame* frame, int code, const char* message)
+    const char* xent_xla_parse(const XLA_FFI_CallFrame* frame, xent_xla_call* c)
+    int64_t xent_xla_index(const xent_xla_call* c, int64_t i)
+    double xent_xla_denominator(const xent_xla_call* c)
+    void xent_xla_advise_huge_pages(void* p, size_t n)
+    int XENT_XLA_INVALID_ARGUMENT, XENT_XLA_RESOURCE_EXHAUSTED
+
+
+cdef XLA_FFI_Error* _xla_cross_entropy(XLA_FFI_CallFrame* frame) noexcept nogil:
+    """The handler: loss (reduced as asked) and gradient of one call, on XLA's buffers,
+    with the rules of cross_entropy_index / cross_entropy_prob and of xentcy's reductions."""
+    cdef xent_xla_call c
+    cdef xent_args k
+    cdef const char* problem
+    cdef Py_ssize_t N, C, i, itemsize, scratch_stride
+    cdef double d, total = 0.0, scale = 1.0
+    cdef double* rows = NULL
+    cdef ptrdiff_t* y = NULL
+    cdef char* scratch = NULL
+    cdef int n_threads
+    if xent_xla_metadata(frame):
+        return NULL
+    problem = xent_xla_parse(frame, &c)
+    if problem != NULL:
+        return xent_xla_error(frame, XENT_XLA_INVALID_ARGUMENT, problem)
+    N, C = c.N, c.C
+    itemsize = sizeof(double) if c.f64 else sizeof(float)
+    d = xent_xla_denominator(&c)
+    if c.reduction == 0:  # the mean: 1/D, 0 where D = 0 (a zero gradient), NaN where D is inf
+        scale = 0.0 if d == 0 else (NAN if isinf(d) else 1.0 / d)
+    if N > 0:
+        n_threads = _threads(N, C)
+        scratch_stride = (C + C // 64 + 2) * itemsize
+        rows = <double*>malloc(N * sizeof(double))
+        scratch = <char*>malloc(n_threads * scratch_stride)
+        if c.y != NULL:
+            y = <ptrdiff_t*>malloc(N * sizeof(ptrdiff_t))
+        if rows == NULL or scratch == NULL or (c.y != NULL and y == NULL):
+            free(rows)
+            free(scratch)
+            free(y)
+            return xent_xla_error(frame, XENT_XLA_RESOURCE_EXHAUSTED, "xentcy_cross_entropy: out of memory")
+        if c.y != NULL:
+            for i in range(N):
+                y[i] = <ptrdiff_t>xent_xla_index(&c, i)
+        k.A = c.A
+        k.a_stride = C * itemsize
+        k.y = y
+        k.Q = c.Q
+        k.q_stride = C * itemsize
+        k.w = c.w
+        k.w_sum = C
+        if c.w != NULL:
+            k.w_sum = 0.0
+            for i in range(C):
+                k.w_sum += (<const double*>c.w)[i] if c.f64 else (<const float*>c.w)[i]
+        k.eps, k.scale, k.ignore_index = c.eps, scale, c.ignore_index
+        xent_xla_advise_huge_pages(c.G, N * C * itemsize if c.G != NULL else 0)
+        k.G = c.G
+        k.g_stride = C * itemsize
+        k.out = rows
+        k.C = C
+        k.nt_store = _stream(c.G != NULL, N, C * itemsize)
+        _run(_kernels.cross_entropy[1 if c.f64 else 0], &k, N, n_threads, scratch, scratch_stride)
+        free(scratch)
+        free(y)
+    if c.reduction == 2:
+        for i in range(N):
+            if c.loss_f64:
+                (<double*>c.loss)[i] = rows[i]
+            else:
+                (<float*>c.loss)[i] = <float>rows[i]
+    else:
+        for i in range(N):  # in order: the same sum for any thread count
+            total += rows[i]
+        if c.reduction == 0:
+            total = total / d if d != 0 else NAN
+        if c.loss_f64:
+            (<double*>c.loss)[0] = total
+        else:
+            (<float*>c.loss)[0] = <float>total
+    free(rows)
+    return NULL
+
+
+def xla_cross_entropy():
+    """The XLA FFI handler of the fused cross-entropy (xent_xla.h), as the PyCapsule that
+    ``jax.ffi.register_ffi_target`` takes."""
+    return PyCapsule_New(<void*>_xla_cross_entropy, NULL, NULL)
