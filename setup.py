@@ -55,7 +55,9 @@ extensions = [
         include_dirs=["xentcy/_cpu"],
         depends=[
             f"xentcy/_cpu/{h}"
-            for h in ("xent_dispatch.h", "xent_eval.h", "xent_pair.h", "xent_rows.h", "xent_simd.h", "xent_xla.h")
+            for h in (
+                "xent_dispatch.h", "xent_eval.h", "xent_pair.h", "xent_rows.h", "xent_simd.h", "xent_xla.h"
+            )
         ],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
     )

@@ -122,23 +122,45 @@ def scipy_log_softmax(A: np.ndarray, y: np.ndarray, G: np.ndarray, threads: int)
     return run
 
 
-def torch_fwd_bwd(A: np.ndarray, y: np.ndarray, G: np.ndarray, threads: int) -> Callable[[], Any] | None:
+def _torch_training(loss_name: str) -> Callable[..., Callable[[], Any] | None]:
+    """Forward + backward() of a torch loss ('F': torch's own, 'xt': xentcy.torch's)."""
+
+    def make(A: np.ndarray, y: np.ndarray, G: np.ndarray, threads: int) -> Callable[[], Any] | None:
+        try:
+            import torch
+            import torch.nn.functional as F
+
+            import xentcy.torch as xt
+        except ImportError:
+            return None
+        loss_fn = F.cross_entropy if loss_name == "F" else xt.cross_entropy
+        x = torch.from_numpy(A).requires_grad_(True)
+        t = torch.from_numpy(y)
+
+        def run() -> Any:
+            torch.set_num_threads(threads)
+            x.grad = None
+            loss = loss_fn(x, t)
+            loss.backward()
+            return loss
+
+        return run
+
+    return make
+
+
+def xentcy_on_torch_tensors(
+    A: np.ndarray, y: np.ndarray, G: np.ndarray, threads: int
+) -> Callable[[], Any] | None:
+    """xentcy's plain loss_and_grad on torch CPU tensors of the same memory (DLPack routing)."""
     try:
         import torch
-        import torch.nn.functional as F
     except ImportError:
         return None
-    x = torch.from_numpy(A).requires_grad_(True)
-    t = torch.from_numpy(y)
+    import xentcy as xc
 
-    def run() -> Any:
-        torch.set_num_threads(threads)
-        x.grad = None
-        loss = F.cross_entropy(x, t)
-        loss.backward()
-        return loss
-
-    return run
+    At, yt, Gt = torch.from_numpy(A), torch.from_numpy(y), torch.from_numpy(G)
+    return lambda: xc.loss_and_grad(At, yt, out=Gt)
 
 
 def sklearn_half_multinomial(
@@ -197,7 +219,9 @@ def xentcy_with_core(core: Any) -> Callable[..., Callable[[], Any]]:
 PEERS: dict[str, Callable[..., Any]] = {
     "numpy (plain)": numpy_plain,
     "scipy log_softmax": scipy_log_softmax,
-    "torch F.cross_entropy": torch_fwd_bwd,
+    "torch F.cross_entropy": _torch_training("F"),
+    "xentcy on torch tensors": xentcy_on_torch_tensors,
+    "xentcy.torch fwd+bwd": _torch_training("xt"),
     "sklearn HalfMultinomialLoss": sklearn_half_multinomial,
 }
 
@@ -214,24 +238,37 @@ def jax_worker(shapes: list[tuple[int, int]], repeats: int) -> None:
         import jax
         import jax.numpy as jnp
         import optax
+
+        import xentcy as xc
+        import xentcy.jax as xj
     except ImportError as err:
         print(json.dumps({"error": str(err)}))
         return
+    from xentcy._cpu import _core
+
+    _core.set_max_threads(len(os.sched_getaffinity(0)))
     results = []
 
     @jax.jit
     def loss_and_grad(a: Any, y: Any) -> Any:
         return jax.value_and_grad(lambda a: optax.softmax_cross_entropy_with_integer_labels(a, y).mean())(a)
 
+    xentcy_jit = jax.jit(jax.value_and_grad(xj.cross_entropy))
+    methods = {
+        "JAX/optax jit": loss_and_grad,
+        "xentcy.jax jit value_and_grad": xentcy_jit,
+        "xentcy on JAX arrays": xc.loss_and_grad,
+    }
     for N, C in shapes:
         A, y, G = make_data(N, C, np.float32)
         a, t = jnp.asarray(A), jnp.asarray(y.astype(np.int32))
-        t_jax, t_copy = timed_pair(
-            lambda a=a, t=t: jax.block_until_ready(loss_and_grad(a, t)),
-            lambda G=G, A=A: np.copyto(G, A),
-            repeats,
-        )
-        results.append({"N": N, "C": C, "ms": t_jax * 1e3, "copy_ms": t_copy * 1e3})
+        for name, f in methods.items():
+            t_jax, t_copy = timed_pair(
+                lambda a=a, t=t, f=f: jax.block_until_ready(f(a, t)),
+                lambda G=G, A=A: np.copyto(G, A),
+                repeats,
+            )
+            results.append({"method": name, "N": N, "C": C, "ms": t_jax * 1e3, "copy_ms": t_copy * 1e3})
     print(json.dumps({"results": results, "version": jax.__version__}))
 
 
@@ -371,11 +408,11 @@ def main(argv: list[str] | None = None) -> None:
 
     if not args.no_peers:
         for threads in thread_counts:
-            print(f"JAX/optax jit, {threads} thread(s), in a subprocess ...", file=sys.stderr)
+            print(f"JAX, {threads} thread(s), in a subprocess ...", file=sys.stderr)
             jax_out = run_jax(list(shapes), threads, repeats)
             for r in jax_out.get("results", []):
                 nbytes = 2 * r["N"] * r["C"] * 4
-                record("JAX/optax jit", r["N"], r["C"], np.float32, threads, r["ms"] / 1e3,
+                record(r["method"], r["N"], r["C"], np.float32, threads, r["ms"] / 1e3,
                        r["copy_ms"] / 1e3, "copy", nbytes)
             if "error" in jax_out:
                 print(f"JAX skipped: {jax_out['error']}", file=sys.stderr)

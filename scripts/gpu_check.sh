@@ -50,7 +50,7 @@ run "benchmark" python3 benchmarks/bench_gpu.py
 run "evaluation streamed to the GPU" python3 benchmarks/bench_eval_gpu.py --gib 2
 run "evaluation tests, cupy" python3 -m pytest -q -rs -p no:cacheprovider tests/test_evaluate.py -k cupy
 # torch CUDA tensors viewed as CuPy on torch's current stream (xentcy._dispatch.route, issue 14)
-run "torch CUDA route" python3 -m pytest -q -rs -p no:cacheprovider tests/test_torch_jax.py -k cuda
+run "torch CUDA route" python3 -m pytest -q -rs -p no:cacheprovider tests/test_torch.py -k cuda
 
 if [[ ${#failed[@]} -ne 0 ]]; then
     printf 'FAILED: %s\n' "${failed[@]}"

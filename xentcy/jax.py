@@ -1,10 +1,13 @@
 """JAX integration: xentcy's fused loss under ``jit``, ``grad`` and ``vmap``.
 
 ``xentcy.jax.cross_entropy`` is a ``jax.custom_vjp`` function whose forward pass runs
-xentcy's fused CPU kernel through ``jax.pure_callback``: the kernel computes the gradient
-with the loss, and the backward pass multiplies that saved gradient by the incoming
-cotangent. It works eagerly and under ``jit``, ``grad``, ``value_and_grad`` and ``vmap``
-(one kernel call per mapped problem), with 64-bit types on or off.
+xentcy's fused CPU kernel, which computes the gradient with the loss; the backward pass
+multiplies that saved gradient by the incoming cotangent (a multiplication XLA drops
+under ``jax.grad``, whose cotangent is 1). On the CPU the kernel runs as an XLA custom
+call (``jax.ffi``: the CPU core's handler, on XLA's own buffers, without a copy); on
+other platforms, and with a jaxlib without ``jax.ffi``, through ``jax.pure_callback``
+on the host. It works eagerly and under ``jit``, ``grad``, ``value_and_grad`` and
+``vmap`` (one kernel call per mapped problem), with 64-bit types on or off.
 
 Inside a trace a class index outside [0, C) (and not ``ignore_index``) cannot raise: that
 row's loss and gradient are NaN (the mean and sum too); eager calls raise a ValueError.

@@ -3,7 +3,10 @@
 ``xentcy.torch.cross_entropy`` and ``xentcy.torch.CrossEntropyLoss`` take PyTorch's
 argument names and its (N, C, d1, ...) layout (the class axis is 1) and train: the
 forward pass is xentcy's fused kernel, which computes the gradient with the loss, and
-the backward pass multiplies that saved gradient by the incoming one. They work in eager
+the backward pass multiplies that saved gradient by the incoming one, or, where that is
+1 (``loss.backward()`` of a mean or a sum, eager, on the CPU), hands it over without a
+pass over it (it becomes the leaf's ``.grad``; a retained graph computes it again for a
+second backward). They work in eager
 mode, under ``torch.compile`` (no graph break: the kernel is the custom operator
 ``xentcy::cross_entropy``) and with ``torch.func`` (``grad``, ``vmap``).
 
