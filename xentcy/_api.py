@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from . import _checks, _dispatch
+from . import _checks, _dispatch, _reductions
+from ._backend import Backend
+from ._typing import Array, Namespace
 
 Reduction = Literal["mean", "sum", "none"]
 
 
-def _prepare_rows(x: Any, axis: int) -> tuple[Any, Any, int]:
+def _prepare_rows(x: Array, axis: int) -> tuple[Namespace, Backend, int]:
     xp = _dispatch.namespace(x=x)
     backend = _dispatch.backend(xp, x)
-    _checks.check_logits(xp, x, "x", getattr(backend, "DTYPES", None))
+    _checks.check_logits(xp, x, "x", backend.DTYPES)
     return xp, backend, _checks.normalize_axis(axis, x.ndim)
 
 
-def softmax(x: Any, /, *, axis: int = -1) -> Any:
+def softmax(x: Array, /, *, axis: int = -1) -> Array:
     """Softmax along ``axis``: exp(x) / sum(exp(x)), computed in max-shifted form.
 
     Parameters
@@ -45,7 +47,7 @@ def softmax(x: Any, /, *, axis: int = -1) -> Any:
         return r.back(backend.softmax(xp, x, ax, False))
 
 
-def log_softmax(x: Any, /, *, axis: int = -1) -> Any:
+def log_softmax(x: Array, /, *, axis: int = -1) -> Array:
     """Logarithm of :func:`softmax` along ``axis``: (x - m) - log(sum(exp(x - m))).
 
     Parameters
@@ -73,7 +75,7 @@ def log_softmax(x: Any, /, *, axis: int = -1) -> Any:
         return r.back(backend.softmax(xp, x, ax, True))
 
 
-def logsumexp(x: Any, /, *, axis: int = -1, keepdims: bool = False) -> Any:
+def logsumexp(x: Array, /, *, axis: int = -1, keepdims: bool = False) -> Array:
     """log(sum(exp(x))) along ``axis``, without overflow.
 
     Parameters
@@ -105,15 +107,15 @@ def logsumexp(x: Any, /, *, axis: int = -1, keepdims: bool = False) -> Any:
 
 
 def _prepare_cross_entropy(
-    logits: Any,
-    target: Any,
-    axis: Any,
-    weight: Any,
-    ignore_index: Any,
-    label_smoothing: Any,
-    reduction: Any,
-    out: Any = None,
-) -> tuple[Any, _checks.CrossEntropyCall, float]:
+    logits: Array,
+    target: Array,
+    axis: int,
+    weight: Array,
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: str,
+    out: Array | None = None,
+) -> tuple[Backend, _checks.CrossEntropyCall, object]:
     backend, call = checked_call(
         {"logits": logits, "target": target, "out": out},
         axis=axis,
@@ -125,41 +127,33 @@ def _prepare_cross_entropy(
     return backend, call, denominator(backend, call)
 
 
-def checked_call(arrays: dict[str, Any], **options: Any) -> tuple[Any, _checks.CrossEntropyCall]:
+def denominator(backend: Backend, call: _checks.CrossEntropyCall) -> object:
+    """D of the call, after the class-index range check (in one compiled pass where the
+    backend has one; lazily, chunk by chunk, for Dask)."""
+    return _reductions.denominator(call, backend.class_index_summary)
+
+
+def checked_call(arrays: dict[str, Array], **options: object) -> tuple[Backend, _checks.CrossEntropyCall]:
     """(backend, the validated call) of a cross-entropy call; ``arrays`` holds the logits and
     target first, then any other argument whose library must be theirs (out=, reference=)."""
     xp = _dispatch.namespace(**arrays)
     logits = arrays["logits"]
     backend = _dispatch.backend(xp, logits)
-    call = _checks.check_cross_entropy(
-        xp, logits, arrays["target"], **options, dtypes=getattr(backend, "DTYPES", None)
-    )
+    call = _checks.check_cross_entropy(xp, logits, arrays["target"], **options, dtypes=backend.DTYPES)
     return backend, call
 
 
-def denominator(backend: Any, call: _checks.CrossEntropyCall) -> Any:
-    """D of the call and the class-index range check."""
-    if hasattr(backend, "denominator"):  # Dask: D lazily, chunk by chunk
-        return backend.denominator(call)
-    if call.traced and call.class_indices:
-        # inside a JAX trace nothing can be read back: the generic path gives the rows of bad
-        # class indices a NaN loss and gradient instead of the ValueError (api.md, Errors)
-        return _checks.unchecked_denominator(call)[0]
-    # D and the range check, in one compiled pass where the backend has one
-    return _checks.denominator(call, getattr(backend, "class_index_summary", None))
-
-
 def cross_entropy(
-    logits: Any,
-    target: Any,
+    logits: Array,
+    target: Array,
     /,
     *,
     axis: int = -1,
-    weight: Any = None,
+    weight: Array | None = None,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     reduction: Reduction = "mean",
-) -> Any:
+) -> Array:
     """Softmax cross-entropy loss of ``logits`` against ``target``.
 
     The forward pass alone: no array of the logits' size is allocated.
@@ -224,22 +218,22 @@ def cross_entropy(
             a["logits"], a["target"], axis, a["weight"], ignore_index, label_smoothing, reduction
         )
         losses, _ = backend.cross_entropy_rows(call, want_grad=False, out=None, grad_scale=0.0)
-        return r.back(_checks.reduce_losses(call, losses, denom))
+        return r.back(_reductions.reduce_losses(call, losses, denom))
 
 
 def loss_and_grad(
-    logits: Any,
-    target: Any,
+    logits: Array,
+    target: Array,
     /,
     *,
     axis: int = -1,
-    weight: Any = None,
+    weight: Array | None = None,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     reduction: Reduction = "mean",
-    out: Any = None,
+    out: Array | None = None,
     inplace: bool = False,
-) -> tuple[Any, Any]:
+) -> tuple[Array, Array]:
     """The loss and its gradient with respect to ``logits``, in one fused pass.
 
     Arguments as :func:`cross_entropy`, and:
@@ -291,22 +285,22 @@ def loss_and_grad(
             call,
             want_grad=True,
             out=logits if inplace else out,
-            grad_scale=_checks.gradient_scale(call, denom),
+            grad_scale=_reductions.gradient_scale(call, denom),
         )
-        return r.back((_checks.reduce_losses(call, losses, denom), grad))
+        return r.back((_reductions.reduce_losses(call, losses, denom), grad))
 
 
 def cross_entropy_grad(
-    logits: Any,
-    target: Any,
+    logits: Array,
+    target: Array,
     /,
     *,
     axis: int = -1,
-    weight: Any = None,
+    weight: Array | None = None,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     reduction: Reduction = "mean",
-) -> Any:
+) -> Array:
     """The gradient of :func:`cross_entropy` with respect to ``logits``.
 
     Arguments as :func:`cross_entropy`. For the spec's case (one-hot Y,

@@ -1,4 +1,4 @@
-"""Argument checks, normalisation and reduction rules, written once for every backend.
+"""Argument checks and normalisation, written once for every backend.
 
 Everything here is written with array-API calls on the caller's namespace ``xp``,
 so the same rules hold for NumPy, CuPy, PyTorch, JAX and the rest. Backends
@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,7 +149,7 @@ def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
     return axis % ndim
 
 
-def _check_options(ignore_index: Any, label_smoothing: Any, reduction: Any) -> tuple[int, float]:
+def check_options(ignore_index: Any, label_smoothing: Any, reduction: Any) -> tuple[int, float]:
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     if not INT64_MIN <= int(ignore_index) <= INT64_MAX:
@@ -166,7 +165,7 @@ def _check_options(ignore_index: Any, label_smoothing: Any, reduction: Any) -> t
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {eps}")
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of 'mean', 'sum', 'none', got {reduction!r}")
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}")
     return int(ignore_index), eps
 
 
@@ -223,11 +222,11 @@ def _check_class_index_dtype(xp: Any, y: Any, num_classes: int, ignore_index: in
         wrapped = y64 < 0
         if bool(xp.any(wrapped)):
             largest = int(xp.max(xp.where(wrapped, y64, xp.full_like(y64, INT64_MIN))))
-            raise _class_index_error(num_classes, ignore_index, largest + 2**64)
+            raise class_index_error(num_classes, ignore_index, largest + 2**64)
     return y64
 
 
-def _class_index_error(num_classes: int, ignore_index: int, value: int) -> ValueError:
+def class_index_error(num_classes: int, ignore_index: int, value: int) -> ValueError:
     return ValueError(
         f"target holds the class index {value}, outside [0, {num_classes}) "
         f"and not ignore_index={ignore_index}"
@@ -246,7 +245,7 @@ def check_class_index_values(call: CrossEntropyCall) -> None:
         value = int(xp.max(xp.where(too_big, y, xp.zeros_like(y))))
     else:
         value = int(xp.min(xp.where(bad, y, xp.zeros_like(y))))
-    raise _class_index_error(call.num_classes, call.ignore_index, value)
+    raise class_index_error(call.num_classes, call.ignore_index, value)
 
 
 def _check_probabilities(xp: Any, q: Any, logits: Any, dtypes: tuple[Any, ...] | None) -> Any:
@@ -278,7 +277,7 @@ def check_cross_entropy(
 ) -> CrossEntropyCall:
     """Check every argument of a cross-entropy call; return it normalised."""
     check_logits(xp, logits, "logits", dtypes)
-    ignore_index, eps = _check_options(ignore_index, label_smoothing, reduction)
+    ignore_index, eps = check_options(ignore_index, label_smoothing, reduction)
     ax = normalize_axis(axis, logits.ndim)
     num_classes = int(logits.shape[ax])
     if num_classes == 0:
@@ -286,7 +285,7 @@ def check_cross_entropy(
     batch_shape = tuple(int(n) for i, n in enumerate(logits.shape) if i != ax)
     if isinstance(target, numbers.Integral) and not isinstance(target, bool):
         if not INT64_MIN <= int(target) <= INT64_MAX:
-            raise _class_index_error(num_classes, ignore_index, int(target))
+            raise class_index_error(num_classes, ignore_index, int(target))
         target = xp.asarray(int(target), device=device(logits))
     if not hasattr(target, "ndim"):
         raise TypeError(f"target must be an array, got {type(target).__name__}")
@@ -371,67 +370,6 @@ def _check_no_overlap(backend: Any, written: Any, inputs: dict[str, Any], what: 
             raise ValueError(f"{what} must not share memory with {name}")
 
 
-def denominator(
-    call: CrossEntropyCall, summary: Callable[[Any], tuple[Any, int | None]] | None = None
-) -> Any:
-    """D, what the mean divides by (torch's rule, api.md "Semantics"), after checking
-    that every class index is in range (D needs every index anyway).
-
-    Class indices: the sum of the target classes' weights over the samples that
-    are not ignored (their count without weights), accumulated in float64 and
-    left on the arrays' device as a 0-d array, so that no more than the range
-    check's one flag is read back. Probabilities: the number of samples, a float.
-    ``summary(call)``, where a backend has one, computes this D and the largest
-    out-of-range index (or None) in one pass instead.
-    """
-    if not call.class_indices:
-        return float(call.num_samples)
-    if summary is not None:
-        total, bad = summary(call)
-        if bad is not None:
-            raise _class_index_error(call.num_classes, call.ignore_index, bad)
-        return total
-    check_class_index_values(call)
-    return unchecked_denominator(call)[0]
-
-
-def unchecked_denominator(call: CrossEntropyCall) -> tuple[Any, Any]:
-    """(D over the class indices in range, whether any index is out of range) as 0-d arrays
-    where the targets are, with no read-back: :func:`denominator` after its check, and the
-    device backends' ``Evaluator.update``, which leaves the check to ``result()``."""
-    xp, y = call.xp, call.target
-    kept = y != call.ignore_index
-    valid = kept & (y >= 0) & (y < call.num_classes)
-    bad = xp.any(kept & ~valid)
-    if call.weight is None:
-        return xp.astype(xp.sum(xp.astype(valid, index_dtype(xp))), sum_dtype(xp)), bad
-    safe = xp.where(valid, y, xp.zeros_like(y))
-    w_y = xp.take(call.weight, xp.reshape(safe, (-1,)))
-    w_y = xp.where(xp.reshape(valid, (-1,)), w_y, xp.zeros_like(w_y))
-    return xp.sum(xp.astype(w_y, sum_dtype(xp))), bad
-
-
-def gradient_scale(call: CrossEntropyCall, denom: Any) -> Any:
-    """The factor in front of each sample's gradient: 1/D for the mean, else 1.
-
-    D = 0 gives 0: every sample then has zero weight or is ignored, and the
-    gradient is all zeros (a finite choice, where torch gives NaN). An infinite
-    D (an infinite weight on a target class) gives NaN, as the mean is NaN then:
-    1/D = 0 would pass for the gradient of D = 0. A float D gives a float; a
-    0-d array D (on a device, or lazy) a 0-d array, computed where it lies.
-    """
-    if call.reduction != "mean":
-        return 1.0
-    if isinstance(denom, float):
-        if denom == 0:
-            return 0.0
-        return 1.0 / denom if not math.isinf(denom) else math.nan
-    xp = call.xp
-    nonzero = denom != 0
-    scale = xp.where(xp.isinf(denom), math.nan, 1.0 / xp.where(nonzero, denom, 1.0))
-    return xp.where(nonzero, scale, 0.0)
-
-
 def _itemsize(xp: Any, dtype: Any) -> int:
     itemsize = getattr(dtype, "itemsize", None)
     return itemsize if itemsize is not None else xp.finfo(dtype).bits // 8  # array_api_strict's dtypes
@@ -441,27 +379,3 @@ def loss_dtype(xp: Any, dtype: Any) -> Any:
     """The dtype of the loss: the logits' for float32 and float64, float32 for half precision
     (a bfloat16 loss of 36 could only move in steps of 0.25; api.md, Arguments)."""
     return xp.float32 if _itemsize(xp, dtype) < 4 else dtype
-
-
-def reduce_losses(call: CrossEntropyCall, losses: Any, denom: Any) -> Any:
-    """Apply ``reduction`` to the per-sample losses (float64, shaped like the batch).
-
-    The result has the loss's dtype (:func:`loss_dtype`): a 0-d array for "mean"
-    and "sum"; the mean is NaN where D = 0. ``denom`` is a float or a 0-d array
-    (on a device, or lazy).
-    """
-    xp = call.xp
-    dtype = loss_dtype(xp, call.logits.dtype)
-    if call.reduction == "none":
-        return xp.astype(losses, dtype)
-    total = xp.sum(losses)
-    if call.reduction == "mean":
-        if isinstance(denom, float):
-            # D on the host: a division by a float (D = 0: NaN, without a division by zero)
-            total = total / denom if denom != 0 else total * math.nan
-        else:
-            total = xp.asarray(total)
-            d = xp.asarray(denom, dtype=total.dtype, device=device(total))
-            total = total / xp.where(d != 0, d, math.nan)
-    # NumPy's operations on 0-d arrays give scalars; the contract, a 0-d array
-    return xp.astype(xp.asarray(total), dtype)

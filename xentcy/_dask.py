@@ -19,30 +19,31 @@ import dask
 import dask.array as da
 import numpy as np
 
+from ._layout import without
+
 
 def _assemble(blocks: np.ndarray) -> Any:
     """One dask array from an object array of dask blocks laid out like the chunk grid."""
     return blocks[()] if blocks.ndim == 0 else da.block(blocks.tolist())
 
 
-def _drop(seq: tuple[Any, ...], axis: int) -> tuple[Any, ...]:
-    return seq[:axis] + seq[axis + 1 :]
-
-
 def _chunk_call(template: Any, logits: Any, target: Any, weight: Any) -> Any:
     """The call ``template`` (options only) completed with one chunk's concrete arrays."""
-    batch_shape = tuple(target.shape) if logits is None else _drop(tuple(logits.shape), template.axis)
+    batch_shape = tuple(target.shape) if logits is None else without(tuple(logits.shape), template.axis)
     return dataclasses.replace(template, logits=logits, target=target, weight=weight, batch_shape=batch_shape)
 
 
 class DaskBackend:
-    """The backend interface (see ``xentcy._cpu``) over the chunks of Dask arrays."""
+    """The backend interface (``xentcy._backend.Backend``) over the chunks of Dask arrays."""
+
+    DEFERRED_INDEX_CHECK = False  # each chunk's indices are checked where it is computed
+    compare_rows = None  # the array-API algorithm, on the Dask arrays, lazily
 
     def __init__(self, chunk_xp: Any, chunk_backend: ModuleType, denominator: Callable[[Any], float]) -> None:
         self.chunk_xp = chunk_xp
         self.chunk_backend = chunk_backend
         self.chunk_denominator = denominator
-        self.DTYPES = getattr(chunk_backend, "DTYPES", None)
+        self.DTYPES = chunk_backend.DTYPES
 
     @staticmethod
     def writable(x: Any) -> bool:
@@ -74,33 +75,29 @@ class DaskBackend:
         """``call`` without its Dask arrays, so that tasks do not carry the graph along."""
         return dataclasses.replace(call, xp=self.chunk_xp, logits=None, target=None, weight=None)
 
-    def _aligned(self, call: Any) -> tuple[Any, Any, Any]:
+    def _rechunked(self, call: Any) -> tuple[Any, Any, Any]:
         """Logits with one chunk along the class axis, target chunked alike, weight as a Delayed."""
         logits = call.logits.rechunk({call.axis: -1})
-        chunks = _drop(logits.chunks, call.axis) if call.class_indices else logits.chunks
+        chunks = without(logits.chunks, call.axis) if call.class_indices else logits.chunks
         target = call.target.rechunk(chunks)
         weight = None if call.weight is None else call.weight.rechunk(-1).to_delayed().ravel()[0]
         return logits, target, weight
 
-    def denominator(self, call: Any) -> Any:
-        """D as a lazy 0-d float64 array: the chunk rule, summed over the target's chunks.
-
-        The chunk rule also checks each chunk's class indices, when computed.
-        """
-        if not call.class_indices:
-            return self.chunk_denominator(call)  # the number of samples: known now
-        _, target, weight = self._aligned(call)
+    def class_index_summary(self, call: Any) -> tuple[Any, None]:
+        """(D as a lazy 0-d float64 array, None): the chunk rule, summed over the target's
+        chunks; it checks each chunk's class indices when computed."""
+        _, target, weight = self._rechunked(call)
         template, rule = self._template(call), self.chunk_denominator
 
         def chunk_denominator(block: Any, w: Any) -> float:
             return rule(_chunk_call(template, None, block, w))
 
         parts = [dask.delayed(chunk_denominator, pure=True)(b, weight) for b in target.to_delayed().ravel()]
-        return da.from_delayed(dask.delayed(math.fsum)(parts), shape=(), dtype=np.float64)
+        return da.from_delayed(dask.delayed(math.fsum)(parts), shape=(), dtype=np.float64), None
 
     def cross_entropy_rows(self, call: Any, *, want_grad: bool, out: Any, grad_scale: Any) -> tuple[Any, Any]:
         """Lazy per-sample losses (float64) and gradient; one task per chunk computes both."""
-        logits, target, weight = self._aligned(call)
+        logits, target, weight = self._rechunked(call)
         if isinstance(grad_scale, da.Array):
             grad_scale = grad_scale.to_delayed().ravel()[0]
         template, chunk_rows = self._template(call), self.chunk_backend.cross_entropy_rows
@@ -117,10 +114,10 @@ class DaskBackend:
         axis = call.axis
         loss_meta = self.chunk_xp.empty((0,) * (logits.ndim - 1), dtype=np.float64)
         logits_blocks, target_blocks = logits.to_delayed(), target.to_delayed()
-        losses = np.empty(_drop(logits.numblocks, axis), dtype=object)
+        losses = np.empty(without(logits.numblocks, axis), dtype=object)
         grads = np.empty(logits.numblocks, dtype=object)
         for index in np.ndindex(*logits.numblocks):
-            batch_index = _drop(index, axis)
+            batch_index = without(index, axis)
             shape = tuple(chunks[i] for chunks, i in zip(logits.chunks, index, strict=True))
             loss, grad = dask.delayed(compute_chunk, nout=2, pure=True)(
                 logits_blocks[index],
@@ -128,34 +125,33 @@ class DaskBackend:
                 weight,
                 grad_scale,
             )
-            losses[batch_index] = da.from_delayed(loss, _drop(shape, axis), dtype=np.float64, meta=loss_meta)
+            batch_shape = without(shape, axis)
+            losses[batch_index] = da.from_delayed(loss, batch_shape, dtype=np.float64, meta=loss_meta)
             if want_grad:
                 grads[index] = da.from_delayed(grad, shape, dtype=logits.dtype, meta=logits._meta)
         return _assemble(losses), (_assemble(grads) if want_grad else None)
 
     def evaluate_rows(self, call: Any) -> tuple[Any, Any, Any]:
         """Lazy per-sample (losses, ranks, entropies): one task per chunk, through the chunk
-        backend's evaluation rows (its kernel where it has one)."""
-        logits, target, weight = self._aligned(call)
+        backend's evaluation rows."""
+        logits, target, weight = self._rechunked(call)
         template, chunk_backend = self._template(call), self.chunk_backend
         check_indices = self.chunk_denominator if call.class_indices else None
 
         def compute_chunk(block: Any, target_block: Any, w: Any) -> tuple[Any, Any, Any]:
-            from ._eval import row_metrics
-
             chunk = _chunk_call(template, block, target_block, w)
             if check_indices is not None:
                 check_indices(chunk)  # as in cross_entropy_rows: checked where used
-            return row_metrics(chunk_backend, chunk)
+            return chunk_backend.evaluate_rows(chunk)
 
         axis = call.axis
         logits_blocks, target_blocks = logits.to_delayed(), target.to_delayed()
-        out = [np.empty(_drop(logits.numblocks, axis), dtype=object) for _ in range(3)]
+        out = [np.empty(without(logits.numblocks, axis), dtype=object) for _ in range(3)]
         dtypes = (np.float64, np.int64, np.float64)
         metas = [self.chunk_xp.empty((0,) * (logits.ndim - 1), dtype=d) for d in dtypes]
         for index in np.ndindex(*logits.numblocks):
-            batch_index = _drop(index, axis)
-            shape = _drop(tuple(chunks[i] for chunks, i in zip(logits.chunks, index, strict=True)), axis)
+            batch_index = without(index, axis)
+            shape = without(tuple(chunks[i] for chunks, i in zip(logits.chunks, index, strict=True)), axis)
             parts = dask.delayed(compute_chunk, nout=3, pure=True)(
                 logits_blocks[index], target_blocks[batch_index if call.class_indices else index], weight
             )

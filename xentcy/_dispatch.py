@@ -16,7 +16,10 @@ import array_api_compat
 import numpy as np
 from array_api_compat import array_namespace
 
+from . import _cpu, _cuda, _generic, _reductions
+from ._backend import Backend
 from ._checks import check_array_subclass, library_name
+from ._typing import Array, Namespace
 
 
 @functools.cache
@@ -60,31 +63,23 @@ def namespace(**arrays: Any) -> Any:
 
 # The backend of NumPy arrays where it is not the CPU core: set by xentcy._testing only
 # (the tests run NumPy arrays through the CUDA backend and its host-compiled kernels).
-numpy_backend_override: Any = None
+numpy_backend_override: Backend | None = None
 
 
-def backend(xp: Any, x: Any) -> Any:
-    """The backend that computes for array ``x`` of namespace ``xp``."""
+def backend(xp: Namespace, x: Array) -> Backend:
+    """The backend that computes for array ``x`` of namespace ``xp``: one line a backend."""
     if array_api_compat.is_numpy_namespace(xp):
-        if numpy_backend_override is not None:
-            return numpy_backend_override
-        from . import _cpu
-
-        return _cpu
+        return numpy_backend_override or _cpu
     if array_api_compat.is_cupy_namespace(xp):
-        from . import _cuda
-
         return _cuda.cupy_backend()
     if array_api_compat.is_dask_namespace(xp):
-        from . import _dask
-        from ._checks import denominator
+        from . import _dask  # (imports Dask: only for Dask arrays)
 
         chunk_xp = array_namespace(x._meta)
         chunk_backend = backend(chunk_xp, x._meta)
-        summary = getattr(chunk_backend, "class_index_summary", None)
-        return _dask.DaskBackend(chunk_xp, chunk_backend, functools.partial(denominator, summary=summary))
-    from . import _generic
-
+        # (the chunks' D and range check, handed over: the Dask module imports no rules)
+        rule = functools.partial(_reductions.denominator, summary=chunk_backend.class_index_summary)
+        return _dask.DaskBackend(chunk_xp, chunk_backend, rule)
     return _generic
 
 

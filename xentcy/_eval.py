@@ -15,68 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from array_api_compat import device as _device
 from array_api_compat import is_numpy_namespace
 
-from . import _api, _checks, _dispatch, _generic, _stream
-
-# ---------------------------------------------------------------------------------------
-# per-row metrics
-
-
-def _generic_row_metrics(call: _checks.CrossEntropyCall, effective_y: Any) -> tuple[Any, Any]:
-    """(ranks, entropies) of the rows, with array-API calls only (every backend without a
-    kernel for them). ``effective_y``: the class whose rank is wanted, per row (int64,
-    batch-shaped; ignore_index where the row does not count)."""
-    xp = call.xp
-    a = xp.moveaxis(xp.astype(call.logits, _generic._work_dtype(xp, call.logits.dtype)), call.axis, -1)
-    num_classes = call.num_classes
-    kept = effective_y != call.ignore_index
-    y = xp.where(kept, effective_y, xp.zeros_like(effective_y))
-    classes = xp.arange(num_classes, device=_device(a))
-    is_y = classes == y[..., None]
-    a_y = xp.sum(xp.where(is_y, a, xp.zeros_like(a)), axis=-1, keepdims=True)
-    beats = (a > a_y) | ((a == a_y) & (classes < y[..., None]))
-    rank = xp.sum(xp.astype(beats, xp.int64), axis=-1)
-    nan_row = xp.any(xp.isnan(a), axis=-1)
-    rank = xp.where(nan_row, xp.full_like(rank, num_classes), rank)
-    rank = xp.where(kept, rank, xp.full_like(rank, -1))
-    z, _ = _generic._shifted(xp, a)
-    e = xp.exp(z)
-    s = xp.sum(e, axis=-1)
-    t = xp.sum(xp.where(e != 0, -e * z, xp.zeros_like(e)), axis=-1)
-    entropy = xp.log(s) + t / s
-    # a +inf logit (s = inf) or a row of only -inf (s = 0): the softmax, and its entropy,
-    # undefined (as in the kernels)
-    entropy = xp.where((s > 0) & (s < math.inf), entropy, xp.full_like(entropy, math.nan))
-    entropy = xp.where(kept, entropy, xp.zeros_like(entropy))
-    return rank, entropy
-
-
-def _argmax_first(xp: Any, x: Any) -> Any:
-    """The first index of the max along the last axis (NumPy's rule), int64."""
-    return xp.astype(xp.argmax(x, axis=-1), xp.int64)
-
-
-def _effective_target(call: _checks.CrossEntropyCall) -> Any:
-    """The class whose rank is measured: the index itself, or the probability row's argmax."""
-    if call.class_indices:
-        return call.target
-    xp = call.xp
-    return _argmax_first(xp, xp.moveaxis(call.target, call.axis, -1))
-
-
-def row_metrics(backend: Any, call: _checks.CrossEntropyCall) -> tuple[Any, Any, Any]:
-    """(losses, ranks, entropies) per sample, batch-shaped: losses as the backend's
-    cross_entropy_rows gives them (float64), ranks int64 (-1 where ignored), entropies (0
-    where ignored)."""
-    fused = getattr(backend, "evaluate_rows", None)
-    if fused is not None:
-        return fused(call)
-    losses, _ = backend.cross_entropy_rows(call, want_grad=False, out=None, grad_scale=0.0)
-    ranks, entropies = _generic_row_metrics(call, _effective_target(call))
-    return losses, ranks, entropies
-
+from . import _api, _checks, _dispatch, _generic, _reductions, _stream
 
 # ---------------------------------------------------------------------------------------
 # the result
@@ -101,64 +42,6 @@ def _check_top_k(top_k: Any) -> tuple[int, ...]:
 
 def _ratio(num: float, den: float) -> float:
     return num / den if den else math.nan
-
-
-def _expm1_minus_x(xp: Any, x: Any) -> Any:
-    """e^x - 1 - x for |x| <= 1/2, from its Taylor series (to x^15: below float64's ulp)."""
-    p = xp.full_like(x, 1.0 / math.factorial(15))
-    for n in range(14, 1, -1):
-        p = p * x + 1.0 / math.factorial(n)
-    return p * x * x
-
-
-def _generic_compare_rows(xp: Any, logits: Any, reference: Any, axis: int) -> tuple[Any, Any]:
-    """(KL(q || p), whether the argmax agree) per row, q = softmax(reference), p =
-    softmax(logits), batch-shaped, through the array API, in float64 where the library has
-    it: the CPU core's algorithm (xent_eval.h), KL = E_q[d] + log(Sp / Sq) where that is at
-    least 4, else log1p(E_q[g(mu - d)]), g(x) = e^x - 1 - x, which keeps the digits of a
-    small KL; +inf where p is 0 and q is not; NaN, and no agreement, for a row where either
-    softmax is undefined (a NaN, a +inf, no finite logit)."""
-    acc = _generic._accumulation_dtype(xp, logits)
-    a = xp.moveaxis(xp.astype(logits, acc), axis, -1)
-    b = xp.moveaxis(xp.astype(reference, acc), axis, -1)
-    ma, mb = xp.max(a, axis=-1, keepdims=True), xp.max(b, axis=-1, keepdims=True)
-    undefined = ~(xp.isfinite(ma) & xp.isfinite(mb))  # (a NaN makes the max NaN)
-    no_p = xp.any((a == -xp.inf) & (b != -xp.inf), axis=-1)
-    # every value below finite or -inf, so that no operation warns: the undefined rows as 0
-    # (their NaN is put back at the end), the shifts 0 there
-    a, b = xp.where(undefined, xp.zeros_like(a), a), xp.where(undefined, xp.zeros_like(b), b)
-    zero = xp.zeros_like(ma)
-    ma, mb = xp.where(undefined, zero, ma), xp.where(undefined, zero, mb)
-    eu, ev = xp.exp(b - mb), xp.exp(a - ma)
-    q_zero = b == -xp.inf
-    zeros = xp.zeros_like(eu)
-    # d = (b - a) - (mb - ma), b - a's rounding recovered exactly (TwoSum), as the core does;
-    # 0 where either logit is -inf (q_zero, or no_p's row)
-    finite = (a != -xp.inf) & (b != -xp.inf)
-    af, bf = xp.where(finite, a, zeros), xp.where(finite, b, zeros)
-    diff = bf - af
-    bx = diff - bf
-    d = (diff - (mb - ma)) + ((bf - (diff - bx)) - (af + bx))
-    d = xp.where(finite, d, zeros)
-    sq, sp = xp.sum(eu, axis=-1, keepdims=True), xp.sum(ev, axis=-1, keepdims=True)
-    mu = xp.sum(eu * d, axis=-1, keepdims=True) / sq
-    first = mu + xp.log(sp / sq)
-    exact_rows = first < 4.0
-    mu = xp.where(exact_rows, mu, zero)  # (the other rows keep the first form: no overflow)
-    x = mu - d
-    # q_c e^x as exp(v + mu) where e^x would overflow or q_c is 0 (p's mass there)
-    far = (x > 700.0) | q_zero
-    near = (x <= 0.5) & (x >= -0.5) & ~far
-    g = eu * (xp.expm1(xp.where(far | near, zeros, x)) - x)
-    g = xp.where(far, xp.exp((a - ma) + mu) - eu * (1 + x), g)
-    g = xp.where(near, eu * _expm1_minus_x(xp, xp.where(near, x, zeros)), g)
-    undefined = undefined[..., 0]
-    exact = xp.log1p(xp.sum(g, axis=-1, keepdims=True) / sq)
-    kl = xp.where(exact_rows, exact, first)[..., 0]
-    kl = xp.where(no_p, xp.full_like(kl, xp.inf), kl)
-    kl = xp.where(undefined, xp.full_like(kl, xp.nan), kl)
-    agree = (_argmax_first(xp, a) == _argmax_first(xp, b)) & ~undefined
-    return kl, agree
 
 
 @dataclass(frozen=True)
@@ -333,12 +216,12 @@ class Evaluator:
                 reduction="sum",
             )
             xp = call.xp
-            if getattr(backend, "DEFERRED_INDEX_CHECK", False) and call.class_indices:
-                denom, bad = _checks.unchecked_denominator(call)
+            if backend.DEFERRED_INDEX_CHECK and call.class_indices:
+                denom, bad = _reductions.unchecked_denominator(call)
                 st.bad_batch = xp.where((st.bad_batch < 0) & bad, st.batches, st.bad_batch)
             else:
                 denom = _api.denominator(backend, call)
-            losses, ranks, entropies = row_metrics(backend, call)
+            losses, ranks, entropies = backend.evaluate_rows(call)
             counted = ranks >= 0
             st.loss_sum = st.loss_sum + _sum(xp, losses)
             st.denominator = st.denominator + _host_or_device(xp, denom)
@@ -351,7 +234,7 @@ class Evaluator:
                 raise ValueError("target may be None only with reference logits (for the KL divergence)")
             xp = _dispatch.namespace(logits=logits, reference=reference)
             backend = _dispatch.backend(xp, logits)
-            _checks.check_logits(xp, logits, "logits", getattr(backend, "DTYPES", None))
+            _checks.check_logits(xp, logits, "logits", backend.DTYPES)
             counted = None
         if reference is not None:
             self._update_reference(backend, xp, logits, reference, counted)
@@ -360,9 +243,8 @@ class Evaluator:
     def _update_reference(self, backend: Any, xp: Any, logits: Any, reference: Any, counted: Any) -> None:
         # (the logits are checked already, with the target or without)
         ax = _checks.normalize_axis(self.axis, logits.ndim)
-        _checks.check_logits(xp, reference, "reference", getattr(backend, "DTYPES", None))
-        fused = getattr(backend, "compare_rows", None)
-        kl, agree = (fused or _generic_compare_rows)(xp, logits, reference, ax)
+        _checks.check_logits(xp, reference, "reference", backend.DTYPES)
+        kl, agree = (backend.compare_rows or _generic.compare_rows)(xp, logits, reference, ax)
         st = self._state
         if counted is not None:
             kl = xp.where(counted, kl, xp.zeros_like(kl))
@@ -710,5 +592,5 @@ def target_rank(logits: Any, target: Any, /, *, axis: int = -1, ignore_index: in
             reduction="none",
         )
         _api.denominator(backend, call)  # the range check
-        _, ranks, _ = row_metrics(backend, call)
+        _, ranks, _ = backend.evaluate_rows(call)
         return r.back(ranks)

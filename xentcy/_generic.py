@@ -9,12 +9,19 @@ target; that costs an (N, C) temporary, which the compiled backends avoid.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from array_api_compat import device as _device
 from array_api_compat import is_writeable_array
 
+from ._typing import Array, Namespace
+
+if TYPE_CHECKING:
+    from ._checks import CrossEntropyCall
+
 DTYPES = None  # every real floating dtype the library has
+DEFERRED_INDEX_CHECK = False
+class_index_summary = None  # the array-API rule of xentcy._reductions
 
 
 def writable(x: Any) -> bool:
@@ -137,3 +144,114 @@ def cross_entropy_rows(call: Any, *, want_grad: bool, out: Any, grad_scale: Any)
         return loss, grad
     out[...] = grad
     return loss, out
+
+
+def evaluate_rows(call: CrossEntropyCall) -> tuple[Array, Array, Array]:
+    """(losses, ranks, entropies) per sample, batch-shaped: the losses of
+    :func:`cross_entropy_rows`, the rank of the target (of a probability row's argmax) with
+    ties broken by the lower index (int64; -1 where ignored, C for a NaN row), the entropy of
+    the row's softmax (0 where ignored, NaN where the softmax is undefined)."""
+    losses, _ = cross_entropy_rows(call, want_grad=False, out=None, grad_scale=0.0)
+    ranks, entropies = _ranks_and_entropies(call, _effective_target(call))
+    return losses, ranks, entropies
+
+
+def _ranks_and_entropies(call: CrossEntropyCall, effective_y: Array) -> tuple[Array, Array]:
+    """(ranks, entropies) of the rows. ``effective_y``: the class whose rank is wanted, per
+    row (int64, batch-shaped; ignore_index where the row does not count)."""
+    xp = call.xp
+    a = xp.moveaxis(xp.astype(call.logits, _work_dtype(xp, call.logits.dtype)), call.axis, -1)
+    num_classes = call.num_classes
+    kept = effective_y != call.ignore_index
+    y = xp.where(kept, effective_y, xp.zeros_like(effective_y))
+    classes = xp.arange(num_classes, device=_device(a))
+    is_y = classes == y[..., None]
+    a_y = xp.sum(xp.where(is_y, a, xp.zeros_like(a)), axis=-1, keepdims=True)
+    beats = (a > a_y) | ((a == a_y) & (classes < y[..., None]))
+    rank = xp.sum(xp.astype(beats, xp.int64), axis=-1)
+    nan_row = xp.any(xp.isnan(a), axis=-1)
+    rank = xp.where(nan_row, xp.full_like(rank, num_classes), rank)
+    rank = xp.where(kept, rank, xp.full_like(rank, -1))
+    z, _ = _shifted(xp, a)
+    e = xp.exp(z)
+    s = xp.sum(e, axis=-1)
+    t = xp.sum(xp.where(e != 0, -e * z, xp.zeros_like(e)), axis=-1)
+    entropy = xp.log(s) + t / s
+    # a +inf logit (s = inf) or a row of only -inf (s = 0): the softmax, and its entropy,
+    # undefined (as in the kernels)
+    entropy = xp.where((s > 0) & (s < math.inf), entropy, xp.full_like(entropy, math.nan))
+    entropy = xp.where(kept, entropy, xp.zeros_like(entropy))
+    return rank, entropy
+
+
+def _argmax_first(xp: Any, x: Any) -> Any:
+    """The first index of the max along the last axis (NumPy's rule), int64."""
+    return xp.astype(xp.argmax(x, axis=-1), xp.int64)
+
+
+def _effective_target(call: CrossEntropyCall) -> Array:
+    """The class whose rank is measured: the index itself, or the probability row's argmax."""
+    if call.class_indices:
+        return call.target
+    xp = call.xp
+    return _argmax_first(xp, xp.moveaxis(call.target, call.axis, -1))
+
+
+
+
+def _expm1_minus_x(xp: Any, x: Any) -> Any:
+    """e^x - 1 - x for |x| <= 1/2, from its Taylor series (to x^15: below float64's ulp)."""
+    p = xp.full_like(x, 1.0 / math.factorial(15))
+    for n in range(14, 1, -1):
+        p = p * x + 1.0 / math.factorial(n)
+    return p * x * x
+
+
+def compare_rows(xp: Namespace, logits: Array, reference: Array, axis: int) -> tuple[Array, Array]:
+    """(KL(q || p), whether the argmax agree) per row, q = softmax(reference), p =
+    softmax(logits), batch-shaped, through the array API, in float64 where the library has
+    it: the CPU core's algorithm (xent_eval.h), KL = E_q[d] + log(Sp / Sq) where that is at
+    least 4, else log1p(E_q[g(mu - d)]), g(x) = e^x - 1 - x, which keeps the digits of a
+    small KL; +inf where p is 0 and q is not; NaN, and no agreement, for a row where either
+    softmax is undefined (a NaN, a +inf, no finite logit)."""
+    acc = _accumulation_dtype(xp, logits)
+    a = xp.moveaxis(xp.astype(logits, acc), axis, -1)
+    b = xp.moveaxis(xp.astype(reference, acc), axis, -1)
+    ma, mb = xp.max(a, axis=-1, keepdims=True), xp.max(b, axis=-1, keepdims=True)
+    undefined = ~(xp.isfinite(ma) & xp.isfinite(mb))  # (a NaN makes the max NaN)
+    no_p = xp.any((a == -xp.inf) & (b != -xp.inf), axis=-1)
+    # every value below finite or -inf, so that no operation warns: the undefined rows as 0
+    # (their NaN is put back at the end), the shifts 0 there
+    a, b = xp.where(undefined, xp.zeros_like(a), a), xp.where(undefined, xp.zeros_like(b), b)
+    zero = xp.zeros_like(ma)
+    ma, mb = xp.where(undefined, zero, ma), xp.where(undefined, zero, mb)
+    eu, ev = xp.exp(b - mb), xp.exp(a - ma)
+    q_zero = b == -xp.inf
+    zeros = xp.zeros_like(eu)
+    # d = (b - a) - (mb - ma), b - a's rounding recovered exactly (TwoSum), as the core does;
+    # 0 where either logit is -inf (q_zero, or no_p's row)
+    finite = (a != -xp.inf) & (b != -xp.inf)
+    af, bf = xp.where(finite, a, zeros), xp.where(finite, b, zeros)
+    diff = bf - af
+    bx = diff - bf
+    d = (diff - (mb - ma)) + ((bf - (diff - bx)) - (af + bx))
+    d = xp.where(finite, d, zeros)
+    sq, sp = xp.sum(eu, axis=-1, keepdims=True), xp.sum(ev, axis=-1, keepdims=True)
+    mu = xp.sum(eu * d, axis=-1, keepdims=True) / sq
+    first = mu + xp.log(sp / sq)
+    exact_rows = first < 4.0
+    mu = xp.where(exact_rows, mu, zero)  # (the other rows keep the first form: no overflow)
+    x = mu - d
+    # q_c e^x as exp(v + mu) where e^x would overflow or q_c is 0 (p's mass there)
+    far = (x > 700.0) | q_zero
+    near = (x <= 0.5) & (x >= -0.5) & ~far
+    g = eu * (xp.expm1(xp.where(far | near, zeros, x)) - x)
+    g = xp.where(far, xp.exp((a - ma) + mu) - eu * (1 + x), g)
+    g = xp.where(near, eu * _expm1_minus_x(xp, xp.where(near, x, zeros)), g)
+    undefined = undefined[..., 0]
+    exact = xp.log1p(xp.sum(g, axis=-1, keepdims=True) / sq)
+    kl = xp.where(exact_rows, exact, first)[..., 0]
+    kl = xp.where(no_p, xp.full_like(kl, xp.inf), kl)
+    kl = xp.where(undefined, xp.full_like(kl, xp.nan), kl)
+    agree = (_argmax_first(xp, a) == _argmax_first(xp, b)) & ~undefined
+    return kl, agree

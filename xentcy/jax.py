@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _api, _checks
+from . import _api, _checks, _reductions
 
 __all__ = ["cross_entropy"]
 
@@ -246,7 +246,7 @@ def cross_entropy(
         # eager: every check of xentcy.cross_entropy, with its errors (the values can be read)
         _check_eager(logits, target, weight, axis, ignore_index, label_smoothing, reduction)
     ax = _checks.normalize_axis(axis, logits.ndim)
-    _checks._check_options(ignore_index, label_smoothing, reduction)
+    _checks.check_options(ignore_index, label_smoothing, reduction)
     options = (
         ("axis", ax),
         ("ignore_index", int(ignore_index)),
@@ -272,4 +272,4 @@ def _check_eager(logits, target, weight, axis, ignore_index, label_smoothing, re
         reduction=reduction,
         dtypes=None,
     )
-    _checks.denominator(call)  # the class-index range check
+    _reductions.denominator(call)  # the class-index range check

@@ -6,14 +6,15 @@ any stride); other layouts are copied to contiguous rows first.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
+from .. import _layout
 from . import _core
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+DEFERRED_INDEX_CHECK = False  # the range check is one compiled pass (class_index_summary)
 
 
 def writable(x: Any) -> bool:
@@ -40,54 +41,17 @@ def empty_like(x: np.ndarray) -> np.ndarray:
     return raw[start : start + x.nbytes].view(x.dtype).reshape(x.shape)
 
 
-def _rows_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int]:
-    return math.prod(shape[:axis] + shape[axis + 1 :]), shape[axis]
-
-
-def _class_last(x: np.ndarray, axis: int) -> np.ndarray:
-    return x if axis == x.ndim - 1 else np.moveaxis(x, axis, -1)
-
-
-def _row_view(x: np.ndarray, axis: int) -> np.ndarray | None:
-    """An (N, C) view of x with the class axis last and unit stride, or None where there is none."""
-    shape = _rows_shape(x.shape, axis)
-    try:
-        rows = np.reshape(_class_last(x, axis), shape, copy=False)
-    except ValueError:
-        return None
-    return rows if shape[1] <= 1 or rows.strides[1] == rows.itemsize else None
-
-
 def _rows(x: np.ndarray, axis: int) -> np.ndarray:
-    """An (N, C) view of x with the class axis last and unit stride, or a copy."""
-    rows = _row_view(x, axis)
-    if rows is None:
-        rows = np.ascontiguousarray(_class_last(x, axis)).reshape(_rows_shape(x.shape, axis))
-    return rows
+    """An (N, C) view of x (class axis last, unit stride; rows of any stride), or a copy."""
+    return _layout.as_rows(np, x, axis, dense=False)
 
 
-class _RowsOut:
-    """Where a kernel writes (N, C) rows that belong in ``dest`` (class axis ``axis``).
-
-    ``rows`` is a view into dest where dest's layout allows, else a scratch
-    buffer that :meth:`finish` copies into dest.
-    """
-
-    def __init__(self, dest: np.ndarray, axis: int) -> None:
-        self.dest, self.axis = dest, axis
-        rows = _row_view(dest, axis)
-        self.scratch = rows is None
-        self.rows = np.empty(_rows_shape(dest.shape, axis), dest.dtype) if self.scratch else rows
-
-    def finish(self) -> np.ndarray:
-        if self.scratch:
-            moved = _class_last(self.dest, self.axis)
-            np.copyto(moved, self.rows.reshape(moved.shape))
-        return self.dest
+def _rows_out(dest: np.ndarray, axis: int) -> _layout.RowsOut:
+    return _layout.RowsOut(np, dest, axis, dense=False)
 
 
 def softmax(xp: Any, x: np.ndarray, axis: int, log_space: bool) -> np.ndarray:
-    out = _RowsOut(empty_like(x), axis)
+    out = _rows_out(empty_like(x), axis)
     _core.softmax(_rows(x, axis), out.rows, log_space)
     return out.finish()
 
@@ -96,8 +60,7 @@ def logsumexp(xp: Any, x: np.ndarray, axis: int, keepdims: bool) -> np.ndarray:
     rows = _rows(x, axis)
     out = np.empty(rows.shape[0], x.dtype)
     _core.logsumexp(rows, out)
-    batch_shape = x.shape[:axis] + x.shape[axis + 1 :]
-    out = out.reshape(batch_shape)
+    out = out.reshape(_layout.without(x.shape, axis))
     return np.expand_dims(out, axis) if keepdims else out
 
 
@@ -134,7 +97,7 @@ def cross_entropy_rows(
     loss = np.empty(n_rows, np.float64)
     grad = None
     if want_grad:
-        grad = _RowsOut(empty_like(logits) if out is None else out, axis)
+        grad = _rows_out(empty_like(logits) if out is None else out, axis)
     g = grad.rows if grad is not None else np.empty((0, 0), logits.dtype)
     weight, has_weight = _weight(call, logits.dtype)
     eps = call.label_smoothing
@@ -191,5 +154,5 @@ def compare_rows(
         agree.fill(0)
     else:
         _core.compare_rows(a, b, kl, agree)
-    shape = logits.shape[:axis] + logits.shape[axis + 1 :]
+    shape = _layout.without(logits.shape, axis)
     return kl.reshape(shape), agree.astype(bool).reshape(shape)

@@ -22,11 +22,12 @@ without a GPU.
 from __future__ import annotations
 
 import functools
-import math
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
+
+from .. import _layout
 
 SOURCE_FILE = Path(__file__).with_name("cross_entropy.cu")
 
@@ -205,38 +206,6 @@ class CupyLauncher:
 # ------------------------------------------------------------------ the backend
 
 
-def _rows_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int]:
-    num_classes = shape[axis]
-    return (math.prod(shape) // num_classes if num_classes else 0), num_classes
-
-
-class _RowsOut:
-    """Where a kernel writes dense (N, C) rows that belong in ``dest`` (class axis ``axis``).
-
-    ``dest`` None: a new array laid out as the rows (returned with the class axis
-    moved back). ``rows`` is a view into dest where dest's layout allows, else a
-    scratch buffer that :meth:`finish` copies into dest (on the current stream).
-    """
-
-    def __init__(self, xp: Any, like: Any, dest: Any, axis: int) -> None:
-        self.xp, self.axis = xp, axis
-        shape = _rows_shape(like.shape, axis)
-        if dest is None:
-            moved_shape = tuple(n for i, n in enumerate(like.shape) if i != axis) + (like.shape[axis],)
-            self.dest = xp.moveaxis(xp.empty(moved_shape, like.dtype), -1, axis)
-        else:
-            self.dest = dest
-        moved = xp.moveaxis(self.dest, axis, -1)
-        self.scratch = not moved.flags.c_contiguous
-        self.rows = xp.empty(shape, like.dtype) if self.scratch else moved.reshape(shape)
-
-    def finish(self) -> Any:
-        if self.scratch:
-            moved = self.xp.moveaxis(self.dest, self.axis, -1)
-            moved[...] = self.rows.reshape(moved.shape)
-        return self.dest
-
-
 class CudaBackend:
     """The CUDA backend: arrays of module ``xp`` (CuPy, or NumPy in the tests), kernels through ``launcher``.
 
@@ -249,6 +218,8 @@ class CudaBackend:
     # Evaluator.update keeps the class-index range check on the device (no read-back) and
     # result() raises it: the kernels give such a row NaN and never read through its index.
     DEFERRED_INDEX_CHECK = True
+    class_index_summary = None  # the array-API rule of xentcy._reductions, on the device
+    compare_rows = None  # the array-API algorithm of xentcy._generic, on the device
 
     def __init__(self, xp: Any, launcher: Launcher) -> None:
         self.xp, self.launcher = xp, launcher
@@ -262,8 +233,14 @@ class CudaBackend:
 
     def _rows(self, x: Any, axis: int) -> Any:
         """A dense (N, C) view of x with the class axis last, or a dense copy."""
-        xp = self.xp
-        return xp.ascontiguousarray(xp.moveaxis(x, axis, -1)).reshape(_rows_shape(x.shape, axis))
+        return _layout.as_rows(self.xp, x, axis, dense=True)
+
+    def _rows_out(self, like: Any, dest: Any, axis: int) -> _layout.RowsOut:
+        """Where the kernel writes rows for ``dest``; dest None: a new array laid out as the
+        rows (returned with the class axis where ``like`` has it)."""
+        if dest is None:
+            dest = _layout.empty_rows_like(self.xp, like, axis)
+        return _layout.RowsOut(self.xp, dest, axis, dense=True)
 
     def _aligned(self, num_classes: int, itemsize: int, *arrays: Any) -> Any:
         """int 1 where every row of these dense (N, C) arrays starts on 16 bytes, else 0."""
@@ -297,7 +274,7 @@ class CudaBackend:
 
     def softmax(self, xp: Any, x: Any, axis: int, log_space: bool) -> Any:
         with self.launcher.device(x):
-            out = _RowsOut(self.xp, x, None, axis)
+            out = self._rows_out(x, None, axis)
             n_rows, num_classes = out.rows.shape
             if n_rows == 0 or num_classes == 0:
                 return out.finish()
@@ -310,8 +287,8 @@ class CudaBackend:
     def logsumexp(self, xp: Any, x: Any, axis: int, keepdims: bool) -> Any:
         cp = self.xp
         with self.launcher.device(x):
-            n_rows, num_classes = _rows_shape(x.shape, axis)
-            batch_shape = x.shape[:axis] + x.shape[axis + 1 :]
+            n_rows, num_classes = _layout.rows_shape(x.shape, axis)
+            batch_shape = _layout.without(x.shape, axis)
             if num_classes == 0:
                 out = cp.full(batch_shape, -np.inf, x.dtype)
             else:
@@ -333,8 +310,8 @@ class CudaBackend:
         cp = self.xp
         logits, axis = call.logits, call.axis
         with self.launcher.device(logits):
-            grad = _RowsOut(cp, logits, out, axis) if want_grad else None
-            n_rows, num_classes = _rows_shape(logits.shape, axis)
+            grad = self._rows_out(logits, out, axis) if want_grad else None
+            n_rows, num_classes = _layout.rows_shape(logits.shape, axis)
             loss = cp.empty(n_rows, cp.float64)
             if n_rows == 0:
                 return loss.reshape(call.batch_shape), (grad.finish() if grad is not None else None)
@@ -374,7 +351,7 @@ class CudaBackend:
         cp = self.xp
         logits, axis = call.logits, call.axis
         with self.launcher.device(logits):
-            n_rows, num_classes = _rows_shape(logits.shape, axis)
+            n_rows, num_classes = _layout.rows_shape(logits.shape, axis)
             loss = cp.empty(n_rows, cp.float64)
             rank = cp.empty(n_rows, cp.int64)
             entropy = cp.empty(n_rows, cp.float64)
