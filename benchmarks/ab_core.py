@@ -44,7 +44,10 @@ def _data(n: int, c: int, dtype: Any, seed: int = 0) -> tuple[np.ndarray, ...]:
 
 
 def _call(core: Any, a, y, g, loss, w, want_grad: bool, eps: float = 0.0) -> None:
-    core.cross_entropy_index(a, y, w, False, eps, -100, 1.0 / a.shape[0], g, want_grad, loss)
+    try:  # (weight None and no want_grad flag: the entry point since issue 15)
+        core.cross_entropy_index(a, y, None, 0.0, eps, -100, 1.0 / a.shape[0], g if want_grad else None, loss)
+    except TypeError:  # an older build: an empty weight with a flag, and want_grad
+        core.cross_entropy_index(a, y, w, False, eps, -100, 1.0 / a.shape[0], g, want_grad, loss)
 
 
 def time_ab(before: Any, after: Any, repeats: int) -> None:

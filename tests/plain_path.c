@@ -61,9 +61,9 @@ int main(int argc, char** argv) {
         xent_args a = {0};
         a.A = slurp(argv[3], N * C * item);
         a.a_stride = C * item;
-        a.G = malloc(N * C * item);
-        a.g_stride = C * item;
-        a.out = malloc(N * item);
+        a.rows_out = malloc(N * C * item);
+        a.rows_out_stride = C * item;
+        a.per_row_out = malloc(N * item);
         a.C = C;
         a.log_space = 1;
         void* scratch = malloc((C + C / 64 + 2) * item);
@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
             k->logsumexp[f64](&a, 0, N, scratch);
         else
             k->softmax[f64](&a, 0, N, scratch);
-        spill(argv[4], lse ? a.out : a.G, lse ? N * item : N * C * item, "wb");
+        spill(argv[4], lse ? a.per_row_out : a.rows_out, lse ? N * item : N * C * item, "wb");
         return 0;
     }
     if (argv[1][0] == 'x' && argc == 9) {
@@ -89,14 +89,14 @@ int main(int argc, char** argv) {
         a.eps = atof(argv[8]);
         a.scale = 1.0 / N;
         a.ignore_index = -100;
-        a.G = malloc(N * C * item);
-        a.g_stride = C * item;
-        a.out = malloc(N * sizeof(double));
+        a.rows_out = malloc(N * C * item);
+        a.rows_out_stride = C * item;
+        a.per_row_out = malloc(N * sizeof(double));
         a.C = C;
         void* scratch = malloc((C + C / 64 + 2) * item);
         k->cross_entropy[f64](&a, 0, N, scratch);
-        spill(argv[5], a.out, N * sizeof(double), "wb");
-        spill(argv[5], a.G, N * C * item, "ab");
+        spill(argv[5], a.per_row_out, N * sizeof(double), "wb");
+        spill(argv[5], a.rows_out, N * C * item, "ab");
         return 0;
     }
     fprintf(stderr, "bad arguments\n");

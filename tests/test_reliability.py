@@ -59,15 +59,16 @@ def _core_call(isa, dtype, n, c, bad_rows, bad_values, want_grad, weighted, smoo
     y[1] = -100  # ignored
     for row, value in zip(bad_rows, bad_values, strict=True):
         y[row] = value
-    w = rng.random(c).astype(dtype) + 0.5 if weighted else np.empty(0, dtype)
-    g = np.full((n, c), 7.0, dtype) if want_grad else np.empty((0, 0), dtype)
+    w = rng.random(c).astype(dtype) + 0.5 if weighted else None
+    w_sum = float(np.sum(w, dtype=np.float64)) if weighted else 0.0
+    g = np.full((n, c), 7.0, dtype) if want_grad else None
     loss = np.full(n, 7.0)
     previous = _core.set_isa(isa)
     try:
-        _core.cross_entropy_index(a, y, w, weighted, smoothing, -100, 0.5, g, want_grad, loss)
+        _core.cross_entropy_index(a, y, w, w_sum, smoothing, -100, 0.5, g, loss)
     finally:
         _core.set_isa(previous)
-    return a, y, (w if weighted else None), g, loss
+    return a, y, w, g, loss
 
 
 BAD_VALUES = [3, 1 << 40, -1, -(1 << 63), (1 << 32) + 1, (1 << 63) - 1]
@@ -110,7 +111,7 @@ def test_compiled_kernel_with_every_index_bad_reads_nothing_of_a_tiny_array(isa)
         previous = _core.set_isa(isa)
         try:
             y = np.array([value], np.intp)
-            _core.cross_entropy_index(a, y, np.empty(0), False, 0.0, -100, 1.0, g, True, loss)
+            _core.cross_entropy_index(a, y, None, 0.0, 0.0, -100, 1.0, g, loss)
         finally:
             _core.set_isa(previous)
         assert np.isnan(loss[0]) and np.isnan(g[0, 0])
@@ -123,22 +124,21 @@ def test_compiled_entry_points_refuse_buffers_that_do_not_fit():
     loss = np.empty(4)
     g = np.empty((4, 3))
     calls = {
-        "y": lambda: _core.cross_entropy_index(a, y[:3], w, True, 0.0, -100, 1.0, g, True, loss),
-        "weight": lambda: _core.cross_entropy_index(a, y, w[:2], True, 0.0, -100, 1.0, g, True, loss),
-        "G": lambda: _core.cross_entropy_index(a, y, w, True, 0.0, -100, 1.0, g[:3], True, loss),
-        "loss": lambda: _core.cross_entropy_index(a, y, w, True, 0.0, -100, 1.0, g, True, loss[:3]),
-        "A": lambda: _core.cross_entropy_index(np.zeros((4, 6))[:, ::2], y, w, True, 0.0, -100, 1.0, g, True,
-                                               loss),
-        "Q": lambda: _core.cross_entropy_prob(a, np.zeros((4, 2)), w, True, 0.0, 1.0, g, True, loss),
+        "y": lambda: _core.cross_entropy_index(a, y[:3], w, 3.0, 0.0, -100, 1.0, g, loss),
+        "weight": lambda: _core.cross_entropy_index(a, y, w[:2], 3.0, 0.0, -100, 1.0, g, loss),
+        "G": lambda: _core.cross_entropy_index(a, y, w, 3.0, 0.0, -100, 1.0, g[:3], loss),
+        "loss": lambda: _core.cross_entropy_index(a, y, w, 3.0, 0.0, -100, 1.0, g, loss[:3]),
+        "A": lambda: _core.cross_entropy_index(np.zeros((4, 6))[:, ::2], y, w, 3.0, 0.0, -100, 1.0, g, loss),
+        "Q": lambda: _core.cross_entropy_prob(a, np.zeros((4, 2)), w, 0.0, 1.0, g, loss),
         "out": lambda: _core.softmax(a, np.empty((4, 2)), False),
-        "weight ": lambda: _core.class_index_summary(y, w[:2], True, -100, 3),
+        "weight ": lambda: _core.class_index_summary(y, w[:2], -100, 3),
         "out ": lambda: _core.logsumexp(a, np.empty(3)),
     }
     for name, call in calls.items():
         with pytest.raises(ValueError, match=name.strip()):
             call()
     with pytest.raises(ValueError, match="C = 0"):
-        _core.cross_entropy_index(np.zeros((4, 0)), y, w, False, 0.0, -100, 1.0, g, False, loss)
+        _core.cross_entropy_index(np.zeros((4, 0)), y, None, 0.0, 0.0, -100, 1.0, None, loss)
 
 
 # --- 3. uint64 targets of 2**63 and more ---------------------------------------

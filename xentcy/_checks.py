@@ -65,6 +65,9 @@ class CrossEntropyCall:
     label_smoothing: float
     reduction: str
     traced: bool = False  # inside a JAX trace: nothing can be read back (bad indices give NaN)
+    # sum_c w_c in float64 (a 0-d array where the arrays are, or lazy), for the smoothing
+    # term of class-index targets: computed once, here; None without weights or smoothing
+    weight_sum: Any = None
 
     @property
     def num_samples(self) -> int:
@@ -306,6 +309,8 @@ def check_cross_entropy(
             f"target must have {logits.ndim - 1} dimensions (class indices) or {logits.ndim} "
             f"(class probabilities) for {logits.ndim}-D logits, got {target.ndim}"
         )
+    w = _check_weight(xp, weight, logits, num_classes)
+    eps = _effective_smoothing(xp, eps, num_classes, logits.dtype)
     return CrossEntropyCall(
         xp=xp,
         logits=logits,
@@ -314,11 +319,12 @@ def check_cross_entropy(
         axis=ax,
         num_classes=num_classes,
         batch_shape=batch_shape,
-        weight=_check_weight(xp, weight, logits, num_classes),
+        weight=w,
         ignore_index=ignore_index,
-        label_smoothing=_effective_smoothing(xp, eps, num_classes, logits.dtype),
+        label_smoothing=eps,
         reduction=reduction,
         traced=traced(logits) or traced(target),
+        weight_sum=None if w is None or eps == 0.0 else xp.sum(xp.astype(w, sum_dtype(xp))),
     )
 
 

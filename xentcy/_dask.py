@@ -27,10 +27,14 @@ def _assemble(blocks: np.ndarray) -> Any:
     return blocks[()] if blocks.ndim == 0 else da.block(blocks.tolist())
 
 
-def _chunk_call(template: Any, logits: Any, target: Any, weight: Any) -> Any:
-    """The call ``template`` (options only) completed with one chunk's concrete arrays."""
+def _chunk_call(template: Any, logits: Any, target: Any, weights: Any) -> Any:
+    """The call ``template`` (options only) completed with one chunk's concrete arrays;
+    ``weights``: None, or the computed (weight, weight_sum)."""
     batch_shape = tuple(target.shape) if logits is None else without(tuple(logits.shape), template.axis)
-    return dataclasses.replace(template, logits=logits, target=target, weight=weight, batch_shape=batch_shape)
+    weight, weight_sum = weights if weights is not None else (None, None)
+    return dataclasses.replace(
+        template, logits=logits, target=target, weight=weight, weight_sum=weight_sum, batch_shape=batch_shape
+    )
 
 
 class DaskBackend:
@@ -73,15 +77,21 @@ class DaskBackend:
 
     def _template(self, call: Any) -> Any:
         """``call`` without its Dask arrays, so that tasks do not carry the graph along."""
-        return dataclasses.replace(call, xp=self.chunk_xp, logits=None, target=None, weight=None)
+        return dataclasses.replace(
+            call, xp=self.chunk_xp, logits=None, target=None, weight=None, weight_sum=None
+        )
 
     def _rechunked(self, call: Any) -> tuple[Any, Any, Any]:
-        """Logits with one chunk along the class axis, target chunked alike, weight as a Delayed."""
+        """Logits with one chunk along the class axis, target chunked alike, and the weights
+        as one Delayed of (weight, weight_sum), or None."""
         logits = call.logits.rechunk({call.axis: -1})
         chunks = without(logits.chunks, call.axis) if call.class_indices else logits.chunks
         target = call.target.rechunk(chunks)
-        weight = None if call.weight is None else call.weight.rechunk(-1).to_delayed().ravel()[0]
-        return logits, target, weight
+        if call.weight is None:
+            return logits, target, None
+        weight = call.weight.rechunk(-1).to_delayed().ravel()[0]
+        weight_sum = None if call.weight_sum is None else call.weight_sum.to_delayed().ravel()[0]
+        return logits, target, dask.delayed(tuple, pure=True)([weight, weight_sum])
 
     def class_index_summary(self, call: Any) -> tuple[Any, None]:
         """(D as a lazy 0-d float64 array, None): the chunk rule, summed over the target's

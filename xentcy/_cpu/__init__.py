@@ -68,19 +68,15 @@ def _class_indices(call: Any) -> np.ndarray:
     return np.ascontiguousarray(call.target, dtype=np.intp).reshape(-1)
 
 
-def _weight(call: Any, dtype: Any) -> tuple[np.ndarray, bool]:
-    """The class weights (or an empty stand-in of ``dtype``) and whether there are any."""
-    if call.weight is None:
-        return np.empty(0, dtype), False
-    return np.ascontiguousarray(call.weight), True
+def _weight(call: Any, dtype: Any = None) -> np.ndarray | None:
+    """The class weights, contiguous (of ``dtype``: the logits' where None), or None."""
+    return None if call.weight is None else np.ascontiguousarray(call.weight, dtype=dtype)
 
 
 def class_index_summary(call: Any) -> tuple[float, int | None]:
     """(D, an out-of-range class index or None) in one pass over the targets."""
-    weight, has_weight = _weight(call, np.float64)
-    return _core.class_index_summary(
-        _class_indices(call), weight, has_weight, call.ignore_index, call.num_classes
-    )
+    weight = _weight(call, np.float64)
+    return _core.class_index_summary(_class_indices(call), weight, call.ignore_index, call.num_classes)
 
 
 def cross_entropy_rows(
@@ -95,20 +91,17 @@ def cross_entropy_rows(
     a = _rows(logits, axis)
     n_rows = a.shape[0]
     loss = np.empty(n_rows, np.float64)
-    grad = None
-    if want_grad:
-        grad = _rows_out(empty_like(logits) if out is None else out, axis)
-    g = grad.rows if grad is not None else np.empty((0, 0), logits.dtype)
-    weight, has_weight = _weight(call, logits.dtype)
-    eps = call.label_smoothing
+    grad = _rows_out(empty_like(logits) if out is None else out, axis) if want_grad else None
+    g = grad.rows if grad is not None else None
+    weight, eps = _weight(call), call.label_smoothing
     if call.class_indices:
+        # sum_c w_c: the smoothing term's, where there is smoothing (xentcy._checks)
+        weight_sum = float(call.weight_sum) if call.weight_sum is not None else 0.0
         y = _class_indices(call)
-        _core.cross_entropy_index(
-            a, y, weight, has_weight, eps, call.ignore_index, grad_scale, g, want_grad, loss
-        )
+        _core.cross_entropy_index(a, y, weight, weight_sum, eps, call.ignore_index, grad_scale, g, loss)
     else:
         q = _rows(call.target, axis)
-        _core.cross_entropy_prob(a, q, weight, has_weight, eps, grad_scale, g, want_grad, loss)
+        _core.cross_entropy_prob(a, q, weight, eps, grad_scale, g, loss)
     return loss.reshape(call.batch_shape), (grad.finish() if grad is not None else None)
 
 
@@ -123,13 +116,12 @@ def evaluate_rows(call: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rank = np.empty(n_rows, np.intp)
     entropy = np.empty(n_rows, np.float64)
     if call.class_indices:
-        weight, has_weight = _weight(call, logits.dtype)
-        y, ignore_index = _class_indices(call), call.ignore_index
+        weight, y, ignore_index = _weight(call), _class_indices(call), call.ignore_index
     else:
         # the rank of each row's most probable class (first on ties); every row counts
-        weight, has_weight = np.empty(0, logits.dtype), False
-        y, ignore_index = np.argmax(_rows(call.target, axis), axis=1).astype(np.intp), -1
-    _core.evaluate_index(a, y, weight, has_weight, ignore_index, loss, rank, entropy)
+        weight, ignore_index = None, -1
+        y = np.argmax(_rows(call.target, axis), axis=1).astype(np.intp)
+    _core.evaluate_index(a, y, weight, ignore_index, loss, rank, entropy)
     shape = call.batch_shape
     if not call.class_indices or call.label_smoothing != 0.0:
         loss, _ = cross_entropy_rows(call, want_grad=False, out=None, grad_scale=0.0)

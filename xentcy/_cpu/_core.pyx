@@ -31,16 +31,13 @@ cdef extern from *:
     """
     #ifdef _OPENMP
     #include <omp.h>
-    static int xentcy_openmp_enabled(void) { return 1; }
     static int xentcy_max_threads(void) { return omp_get_max_threads(); }
     static void xentcy_set_threads(int n) { omp_set_num_threads(n); }
     #else
     static void xentcy_set_threads(int n) { (void)n; }
-    static int xentcy_openmp_enabled(void) { return 0; }
     static int xentcy_max_threads(void) { return 1; }
     #endif
     """
-    int xentcy_openmp_enabled() nogil
     int xentcy_max_threads() nogil
     void xentcy_set_threads(int n) nogil
 
@@ -54,9 +51,9 @@ cdef extern from "xent_dispatch.h" nogil:
         const void* w
         double w_sum, eps, scale
         ptrdiff_t ignore_index
-        char* G
-        ptrdiff_t g_stride
-        void* out
+        char* rows_out
+        ptrdiff_t rows_out_stride
+        void* per_row_out
         ptrdiff_t C
         int log_space
         int nt_store
@@ -93,11 +90,6 @@ cdef Py_ssize_t STREAM_MIN_BYTES = 1 << 23
 cdef Py_ssize_t STREAM_MIN_ROW_BYTES = 6144
 
 cdef const xent_kernels* _kernels = &xent_tables[xent_best_isa()]
-
-
-def openmp_enabled():
-    """Whether this build runs rows on several OpenMP threads."""
-    return bool(xentcy_openmp_enabled())
 
 
 def max_threads():
@@ -201,52 +193,56 @@ cdef inline int _dtype(floating* unused) noexcept nogil:
 
 
 cdef void _run_cross_entropy(
-    xent_args* k, floating[:, :] G, bint want_grad, double[::1] loss, Py_ssize_t N, Py_ssize_t C
+    xent_args* k, floating[:, :] G, double[::1] loss, Py_ssize_t N, Py_ssize_t C
 ):
-    """Completes k with the outputs and runs the cross-entropy rows on the chosen threads."""
-    k.G = <char*>&G[0, 0] if want_grad else NULL
-    k.g_stride = G.strides[0] if want_grad else 0
-    k.out = &loss[0]
+    """Completes k with the outputs (G None: the losses alone) and runs the cross-entropy rows
+    on the chosen threads."""
+    k.rows_out = <char*>&G[0, 0] if G is not None else NULL
+    k.rows_out_stride = G.strides[0] if G is not None else 0
+    k.per_row_out = &loss[0]
     k.C = C
-    k.nt_store = _stream(want_grad, N, C * <Py_ssize_t>sizeof(floating))
+    k.nt_store = _stream(G is not None, N, C * <Py_ssize_t>sizeof(floating))
     _run_with_scratch(_kernels.cross_entropy[_dtype(<floating*>NULL)], k, N, C, sizeof(floating))
 
 
-cdef _check_outputs(
-    const floating[:, :] A, Py_ssize_t n_weight, bint has_weight, const floating[:, :] G, bint want_grad,
-    Py_ssize_t n_loss
-):
-    """The buffers of a cross-entropy call (their lengths, for weight and loss) fit A (N, C), C >= 1."""
-    cdef Py_ssize_t N = A.shape[0], C = A.shape[1]
-    if C < 1:
+cdef _check_logits(const floating[:, :] A, Py_ssize_t n_out):
+    """A is (N, C) with C >= 1 classes at unit stride, and a per-row output has N elements."""
+    if A.shape[1] < 1:
         raise ValueError("A must have at least one class, got C = 0")
-    _check_rows("A", A, N, C)
-    if has_weight:
-        _check_length("weight", n_weight, C)
-    if want_grad:
+    _check_rows("A", A, A.shape[0], A.shape[1])
+    _check_length("loss", n_out, A.shape[0])
+
+
+cdef _check_weight(const floating[::1] weight, Py_ssize_t C):
+    if weight is not None:
+        _check_length("weight", weight.shape[0], C)
+
+
+cdef _check_gradient(const floating[:, :] G, Py_ssize_t N, Py_ssize_t C):
+    if G is not None:
         _check_rows("G", G, N, C)
-    _check_length("loss", n_loss, N)
 
 
 def cross_entropy_index(
-    const floating[:, :] A,
-    const Py_ssize_t[::1] y,
-    const floating[::1] weight,
-    bint has_weight,
-    double eps,
+    const floating[:, :] A,             # IN  (N, C) logits
+    const Py_ssize_t[::1] y,            # IN  (N,) class indices
+    const floating[::1] weight,         # IN  (C,) class weights, or None
+    double weight_sum,                  # IN  sum_c w_c (the smoothing term's), with weight
+    double eps,                         # IN  label smoothing
     Py_ssize_t ignore_index,
-    double scale,
-    floating[:, :] G,
-    bint want_grad,
-    double[::1] loss,
+    double scale,                       # IN  the gradient's factor (1/D for the mean)
+    floating[:, :] G,                   # OUT (N, C) gradient, or None for the losses alone
+    double[::1] loss,                   # OUT (N,) per-row losses
 ):
-    """Per-row losses of class-index targets into ``loss``; gradient into G if ``want_grad``.
+    """Per-row losses of class-index targets into ``loss``; the gradient into G.
 
     A row whose index is neither ignore_index nor in [0, C) gets a NaN loss and gradient.
     """
-    cdef Py_ssize_t N = A.shape[0], C = A.shape[1], c
+    cdef Py_ssize_t N = A.shape[0], C = A.shape[1]
     cdef xent_args k
-    _check_outputs(A, weight.shape[0], has_weight, G, want_grad, loss.shape[0])
+    _check_logits(A, loss.shape[0])
+    _check_weight(weight, C)
+    _check_gradient(G, N, C)
     _check_length("y", y.shape[0], N)
     if N == 0:
         return
@@ -254,31 +250,27 @@ def cross_entropy_index(
     k.a_stride = A.strides[0]
     k.y = <const ptrdiff_t*>&y[0]
     k.Q = NULL
-    k.w = &weight[0] if has_weight else NULL
-    k.w_sum = C
-    if has_weight:
-        k.w_sum = 0.0
-        for c in range(C):
-            k.w_sum += weight[c]
+    k.w = &weight[0] if weight is not None else NULL
+    k.w_sum = weight_sum if weight is not None else C
     k.eps, k.scale, k.ignore_index = eps, scale, ignore_index
-    _run_cross_entropy(&k, G, want_grad, loss, N, C)
+    _run_cross_entropy(&k, G, loss, N, C)
 
 
 def cross_entropy_prob(
-    const floating[:, :] A,
-    const floating[:, :] Q,
-    const floating[::1] weight,
-    bint has_weight,
-    double eps,
-    double scale,
-    floating[:, :] G,
-    bint want_grad,
-    double[::1] loss,
+    const floating[:, :] A,             # IN  (N, C) logits
+    const floating[:, :] Q,             # IN  (N, C) class probabilities
+    const floating[::1] weight,         # IN  (C,) class weights, or None
+    double eps,                         # IN  label smoothing
+    double scale,                       # IN  the gradient's factor
+    floating[:, :] G,                   # OUT (N, C) gradient, or None for the losses alone
+    double[::1] loss,                   # OUT (N,) per-row losses
 ):
-    """Per-row losses of probability targets into ``loss``; gradient into G if ``want_grad``."""
+    """Per-row losses of probability targets into ``loss``; the gradient into G."""
     cdef Py_ssize_t N = A.shape[0], C = A.shape[1]
     cdef xent_args k
-    _check_outputs(A, weight.shape[0], has_weight, G, want_grad, loss.shape[0])
+    _check_logits(A, loss.shape[0])
+    _check_weight(weight, C)
+    _check_gradient(G, N, C)
     _check_rows("Q", Q, N, C)
     if N == 0:
         return
@@ -287,27 +279,27 @@ def cross_entropy_prob(
     k.y = NULL
     k.Q = <const char*>&Q[0, 0]
     k.q_stride = Q.strides[0]
-    k.w = &weight[0] if has_weight else NULL
+    k.w = &weight[0] if weight is not None else NULL
     k.eps, k.scale = eps, scale
-    _run_cross_entropy(&k, G, want_grad, loss, N, C)
+    _run_cross_entropy(&k, G, loss, N, C)
 
 
 def evaluate_index(
-    const floating[:, :] A,
-    const Py_ssize_t[::1] y,
-    const floating[::1] weight,
-    bint has_weight,
+    const floating[:, :] A,             # IN  (N, C) logits
+    const Py_ssize_t[::1] y,            # IN  (N,) class indices
+    const floating[::1] weight,         # IN  (C,) class weights, or None
     Py_ssize_t ignore_index,
-    double[::1] loss,
-    Py_ssize_t[::1] rank,
-    double[::1] entropy,
+    double[::1] loss,                   # OUT (N,)
+    Py_ssize_t[::1] rank,               # OUT (N,)
+    double[::1] entropy,                # OUT (N,)
 ):
     """Per row of class-index targets, in one pass: the loss (weighted, no smoothing) into
     ``loss``, the target's rank into ``rank`` (-1 where ignored, C for a NaN row) and the
     entropy of the row's softmax into ``entropy`` (0 where ignored)."""
     cdef Py_ssize_t N = A.shape[0], C = A.shape[1]
     cdef xent_args k
-    _check_outputs(A, weight.shape[0], has_weight, A, False, loss.shape[0])  # (no gradient: A unread as G)
+    _check_logits(A, loss.shape[0])
+    _check_weight(weight, C)
     _check_length("y", y.shape[0], N)
     _check_length("rank", rank.shape[0], N)
     _check_length("entropy", entropy.shape[0], N)
@@ -317,10 +309,10 @@ def evaluate_index(
     k.a_stride = A.strides[0]
     k.y = <const ptrdiff_t*>&y[0]
     k.Q = NULL
-    k.w = &weight[0] if has_weight else NULL
+    k.w = &weight[0] if weight is not None else NULL
     k.ignore_index = ignore_index
-    k.G = NULL
-    k.out = &loss[0]
+    k.rows_out = NULL
+    k.per_row_out = &loss[0]
     k.rank = <ptrdiff_t*>&rank[0]
     k.entropy = &entropy[0]
     k.C = C
@@ -335,7 +327,7 @@ def compare_rows(const floating[:, :] A, const floating[:, :] B, double[::1] kl,
     (0 for such rows)."""
     cdef Py_ssize_t N = A.shape[0], C = A.shape[1]
     cdef xent_args k
-    _check_outputs(A, 0, False, A, False, kl.shape[0])
+    _check_logits(A, kl.shape[0])
     _check_rows("B", B, N, C)
     _check_length("agree", agree.shape[0], N)
     if N == 0:
@@ -344,7 +336,7 @@ def compare_rows(const floating[:, :] A, const floating[:, :] B, double[::1] kl,
     k.a_stride = A.strides[0]
     k.Q = <const char*>&B[0, 0]
     k.q_stride = B.strides[0]
-    k.out = &kl[0]
+    k.per_row_out = &kl[0]
     k.rank = <ptrdiff_t*>&agree[0]
     k.C = C
     with nogil:
@@ -361,8 +353,8 @@ def softmax(const floating[:, :] A, floating[:, :] out, bint log_space):
         return
     k.A = <const char*>&A[0, 0]
     k.a_stride = A.strides[0]
-    k.G = <char*>&out[0, 0]
-    k.g_stride = out.strides[0]
+    k.rows_out = <char*>&out[0, 0]
+    k.rows_out_stride = out.strides[0]
     k.C = C
     k.log_space = log_space
     _run_with_scratch(_kernels.softmax[_dtype(<floating*>NULL)], &k, N, C, sizeof(floating))
@@ -382,16 +374,15 @@ def logsumexp(const floating[:, :] A, floating[::1] out):
         return
     k.A = <const char*>&A[0, 0]
     k.a_stride = A.strides[0]
-    k.out = &out[0]
+    k.per_row_out = &out[0]
     k.C = C
     with nogil:
         _run(_kernels.logsumexp[_dtype(<floating*>NULL)], &k, N, _threads(N, C), NULL, 0)
 
 
 def class_index_summary(
-    const Py_ssize_t[::1] y,
-    const floating[::1] weight,
-    bint has_weight,
+    const Py_ssize_t[::1] y,            # IN  (N,) class indices
+    const double[::1] weight,           # IN  (C,) class weights, or None
     Py_ssize_t ignore_index,
     Py_ssize_t num_classes,
 ):
@@ -402,6 +393,7 @@ def class_index_summary(
     cdef Py_ssize_t N = y.shape[0], i, v, high = -1, low = 0, count = 0
     cdef ptrdiff_t kept = 0, n_bad = 0
     cdef double total = 0.0
+    cdef bint has_weight = weight is not None
     if has_weight:
         _check_length("weight", weight.shape[0], num_classes)
     if N == 0:
@@ -513,9 +505,9 @@ cdef XLA_FFI_Error* _xla_cross_entropy(XLA_FFI_CallFrame* frame) noexcept nogil:
                 k.w_sum += (<const double*>c.w)[i] if c.f64 else (<const float*>c.w)[i]
         k.eps, k.scale, k.ignore_index = c.eps, scale, c.ignore_index
         xent_xla_advise_huge_pages(c.G, N * C * itemsize if c.G != NULL else 0)
-        k.G = c.G
-        k.g_stride = C * itemsize
-        k.out = rows
+        k.rows_out = c.G
+        k.rows_out_stride = C * itemsize
+        k.per_row_out = rows
         k.C = C
         k.nt_store = _stream(c.G != NULL, N, C * itemsize)
         _run(_kernels.cross_entropy[1 if c.f64 else 0], &k, N, n_threads, scratch, scratch_stride)

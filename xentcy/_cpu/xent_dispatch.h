@@ -35,13 +35,13 @@ typedef struct {
     const void* w;        /* C class weights, or NULL */
     double w_sum, eps, scale;
     ptrdiff_t ignore_index;
-    char* G;              /* gradient (or softmax) rows, or NULL */
-    ptrdiff_t g_stride;
-    void* out;            /* per-row losses (double) or logsumexp (the logits' dtype) */
+    char* rows_out;       /* the rows written: the gradient (cross-entropy) or the softmax; or NULL */
+    ptrdiff_t rows_out_stride;
+    void* per_row_out;    /* per-row values: losses (double) or logsumexp (the logits' dtype) */
     ptrdiff_t C;
     int log_space;
-    int nt_store;         /* write G with non-temporal stores (G much larger than the caches) */
-    ptrdiff_t* rank;      /* the evaluation rows' outputs besides the loss (out) */
+    int nt_store;         /* write rows_out with non-temporal stores (much larger than the caches) */
+    ptrdiff_t* rank;      /* the evaluation rows' outputs besides the loss (per_row_out) */
     double* entropy;
 } xent_args;
 

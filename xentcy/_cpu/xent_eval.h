@@ -186,7 +186,7 @@ XI double XN(eval_row)(const xent_args* k, const T* a, ptrdiff_t y, const T* nex
 /* The rows [begin, end): losses into out (double), ranks into k->rank, entropies into
  * k->entropy. */
 static XENT_TARGET void XN(evaluate)(const xent_args* k, ptrdiff_t begin, ptrdiff_t end, void* scratch) {
-    double* loss = (double*)k->out;
+    double* loss = (double*)k->per_row_out;
     (void)scratch;
     for (ptrdiff_t i = begin; i < end; i++) {
         const T* a = ROW(k->A, k->a_stride, i);
@@ -405,7 +405,7 @@ static XENT_TARGET double XN(kl_row)(const T* a, const T* b, ptrdiff_t C, const 
 
 /* The row pairs [begin, end): KL(q || p) into out (double), agreement (0 or 1) into k->rank. */
 static XENT_TARGET void XN(compare)(const xent_args* k, ptrdiff_t begin, ptrdiff_t end, void* scratch) {
-    double* kl = (double*)k->out;
+    double* kl = (double*)k->per_row_out;
     (void)scratch;
     for (ptrdiff_t i = begin; i < end; i++) {
         const T* a = ROW(k->A, k->a_stride, i);

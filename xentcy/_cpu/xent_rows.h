@@ -801,12 +801,12 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
     /* (eps = 0 where eps / C rounds to 0 in T, xentcy._checks: smooth != 0 with smoothing) */
     const int smoothing = k->eps != 0.0;
     V at[XENT_SMALL_C], qt[XENT_SMALL_C], zero = XN(splat)(0);
-    double* loss_out = (double*)k->out;
+    double* loss_out = (double*)k->per_row_out;
 #if XENT_AVX512 && XENT_F32
     /* contiguous rows (and gradient rows): whole blocks go through the in-register transposes */
     ptrdiff_t row_bytes = C * (ptrdiff_t)sizeof(T);
     int tr = C <= XENT_TR_C && k->a_stride == row_bytes && (!k->Q || k->q_stride == row_bytes) &&
-             (!k->G || k->g_stride == row_bytes);
+             (!k->rows_out || k->rows_out_stride == row_bytes);
     XN(trp_t) trp;
     if (tr && C < XENT_TR16_C)
         XN(trp_init)(&trp, C);
@@ -965,7 +965,7 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
         }
         for (ptrdiff_t l = 0; l < nl; l++)
             loss_out[r0 + l] = (double)loss[l];
-        if (!k->G)
+        if (!k->rows_out)
             continue;
         /* dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c), as the row path forms it */
         V k1 = 1 / s * total, mass;
@@ -1002,9 +1002,9 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
 #if XENT_AVX512 && XENT_F32
         if (block_in) {
             if (C >= XENT_TR16_C)
-                XN(tr_out)(at, C, OUT_ROW(k->G, k->g_stride, r0));
+                XN(tr_out)(at, C, OUT_ROW(k->rows_out, k->rows_out_stride, r0));
             else
-                XN(trp_out)(&trp, at, C, OUT_ROW(k->G, k->g_stride, r0));
+                XN(trp_out)(&trp, at, C, OUT_ROW(k->rows_out, k->rows_out_stride, r0));
             continue;
         }
 #endif
@@ -1013,7 +1013,7 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
         for (ptrdiff_t c = 0; c < C; c++)
             gb[c] = at[c];
         for (ptrdiff_t l = 0; l < nl; l++) {
-            T* g = OUT_ROW(k->G, k->g_stride, r0 + l);
+            T* g = OUT_ROW(k->rows_out, k->rows_out_stride, r0 + l);
             for (ptrdiff_t c = 0; c < C; c++)
                 g[c] = gb[c][l];
         }
@@ -1035,14 +1035,14 @@ static XENT_TARGET void XN(cross_entropy_small)(const xent_args* k, ptrdiff_t be
 
 /* scratch: room for C + C / 64 + 2 values, for this thread alone. */
 static XENT_TARGET void XN(cross_entropy)(const xent_args* k, ptrdiff_t begin, ptrdiff_t end, void* scratch) {
-    double* loss = (double*)k->out;
+    double* loss = (double*)k->per_row_out;
     if (k->C <= XENT_SMALL_C) {
         XN(cross_entropy_small)(k, begin, end);
         return;
     }
     for (ptrdiff_t i = begin; i < end; i++) {
         const T* a = ROW(k->A, k->a_stride, i);
-        T* g = k->G ? OUT_ROW(k->G, k->g_stride, i) : NULL;
+        T* g = k->rows_out ? OUT_ROW(k->rows_out, k->rows_out_stride, i) : NULL;
         const T* next = i + XENT_PF_DIST < end ? ROW(k->A, k->a_stride, i + XENT_PF_DIST) : a;
         if (k->Q) {
             loss[i] = XN(prob_row)(k, a, ROW(k->Q, k->q_stride, i), g, (T*)scratch, next,
@@ -1072,7 +1072,7 @@ static XENT_TARGET void XN(cross_entropy)(const xent_args* k, ptrdiff_t begin, p
             loss[i] = XN(index_row)(k, a, k->y[i], g, (T*)scratch, next);
         }
     }
-#ifdef XENT_VX
+#if XENT_X86
     if (k->nt_store)
         _mm_sfence();  /* the streamed stores are visible before the threads join */
 #endif
@@ -1083,7 +1083,7 @@ static XENT_TARGET void XN(softmax)(const xent_args* k, ptrdiff_t begin, ptrdiff
     ptrdiff_t C = k->C;
     for (ptrdiff_t i = begin; i < end; i++) {
         const T* a = ROW(k->A, k->a_stride, i);
-        T* o = OUT_ROW(k->G, k->g_stride, i);
+        T* o = OUT_ROW(k->rows_out, k->rows_out_stride, i);
         T m, *e = (T*)scratch;
         /* log_softmax: log s = log1p(s - 1), s - 1 kept exact however small (a class at the max
          * left out of it), so that log p = -log s keeps its digits at the max of a confident row */
@@ -1109,7 +1109,7 @@ static XENT_TARGET void XN(logsumexp)(const xent_args* k, ptrdiff_t begin, ptrdi
         /* (log1p(s - 1), as in log_softmax: the digits of a tiny log s where m is 0 or small) */
         XN(sums_t) r = XN(max_sum_exp)(ROW(k->A, k->a_stride, i), k->C, NULL, &m,
                                        ROW(k->A, k->a_stride, i + 1 < end ? i + 1 : i), -1, 1);
-        ((T*)k->out)[i] = (T)(m + XN(log_s)(r));
+        ((T*)k->per_row_out)[i] = (T)(m + XN(log_s)(r));
     }
 }
 

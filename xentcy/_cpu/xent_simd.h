@@ -87,7 +87,7 @@ XI void XN(store_part)(T* p, V v, ptrdiff_t n) {
 
 /* A store that bypasses the caches, p aligned to the vector width (x86); a plain store elsewhere. */
 XI void XN(stream)(T* p, V v) {
-#ifdef XENT_VX
+#if XENT_X86
     XENT_VX(stream)(p, (XENT_NATIVE)v);
 #else
     XN(store)(p, v);
@@ -100,7 +100,7 @@ XI V XN(select)(IV mask, V a, V b) { return (V)((mask & (IV)a) | (~mask & (IV)b)
 /* a > b ? a : b: a NaN in a is never chosen, as in the scalar `if a > m: m = a`
  * (x86 max returns its second operand where either is NaN). */
 XI V XN(max)(V a, V b) {
-#ifdef XENT_VX
+#if XENT_X86
     return (V)XENT_VX(max)((XENT_NATIVE)a, (XENT_NATIVE)b);
 #else
     return XN(select)(a > b, a, b);
@@ -109,7 +109,7 @@ XI V XN(max)(V a, V b) {
 
 /* x clamped to [lo, hi]; NaN stays NaN. */
 XI V XN(clamp)(V x, T lo, T hi) {
-#ifdef XENT_VX
+#if XENT_X86
     return (V)XENT_VX(min)((XENT_NATIVE)XN(splat)(hi), XENT_VX(max)((XENT_NATIVE)XN(splat)(lo), (XENT_NATIVE)x));
 #else
     x = XN(select)(x < lo, XN(splat)(lo), x);
@@ -166,7 +166,7 @@ XI V XN(exp_impl)(V x, const int bounded) {
     V p;
     /* clamp with comparisons that are false for NaN, so that NaN goes through */
     if (bounded) {
-#ifdef XENT_VX
+#if XENT_X86
         /* x86 max returns its second operand where either is NaN */
         x = (V)XENT_VX(max)((XENT_NATIVE)XN(splat)(lo), (XENT_NATIVE)x);
 #else

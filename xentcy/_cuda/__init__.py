@@ -322,8 +322,8 @@ class CudaBackend:
             common = (a, g) if g is not None else (a,)
             if call.class_indices:
                 y = cp.ascontiguousarray(call.target).reshape(n_rows)
-                # sum_c w_c, for smoothing: a float64 sum on the device, read by the kernel
-                w_sum = cp.asarray(cp.sum(weight, dtype=cp.float64)) if weight is not None else None
+                # sum_c w_c, for smoothing (xentcy._checks): float64, on the device, read by the kernel
+                w_sum = None if call.weight_sum is None else cp.asarray(call.weight_sum, dtype=cp.float64)
                 pointers = (a, y, _or_null(weight), _or_null(w_sum), _or_null(g), loss)
                 options = (
                     self._aligned(num_classes, logits.itemsize, *common),
