@@ -43,8 +43,21 @@ if os.environ.get("XENTCY_SANITIZE"):
             raise pytest.UsageError(f"the sanitizer run loaded {_core.__file__}, not {expected}")
 
 
+def _skip_by_markers(node, name):
+    """Backend-specific expectations as markers on the test, not branches in it (as SciPy's
+    ``skip_xp_backends``): ``@pytest.mark.skip_xp_backends(*names, reason=...)`` skips
+    those backends, ``@pytest.mark.only_xp_backends(*names, reason=...)`` all others."""
+    for mark in node.iter_markers("skip_xp_backends"):
+        if name in mark.args:
+            pytest.skip(f"{name}: {mark.kwargs['reason']}")
+    for mark in node.iter_markers("only_xp_backends"):
+        if name not in mark.args:
+            pytest.skip(f"{name}: {mark.kwargs['reason']}")
+
+
 @pytest.fixture(params=BACKEND_NAMES, ids=BACKEND_NAMES)
 def xp(request):
+    _skip_by_markers(request.node, request.param)
     try:
         namespace = load(request.param)
     except ImportError as exc:
@@ -108,6 +121,12 @@ def pytest_configure(config):
     )
     config.addinivalue_line(
         "markers", "cpu_core_only: the numpy_backend fixture runs it on the CPU core, not on cuda_host"
+    )
+    config.addinivalue_line(
+        "markers", "skip_xp_backends(*names, reason): the xp fixture skips these backends, with the reason"
+    )
+    config.addinivalue_line(
+        "markers", "only_xp_backends(*names, reason): the xp fixture runs only these backends"
     )
 
 

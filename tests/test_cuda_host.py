@@ -165,7 +165,7 @@ def test_a_block_past_the_launch_bound_or_an_unknown_kernel_is_an_error(probes):
 
 
 def test_the_next_launch_works_after_an_error(probes):
-    with pytest.raises(cuda_host.EmulationError):
+    with pytest.raises(cuda_host.EmulationError, match="__syncthreads reached by only part of the block"):
         run(probes, "probe_exit_before_barrier", 1, 64, np.zeros(64, np.float32))
     test_barrier_and_shared_memory_reverse_each_block(probes)
 

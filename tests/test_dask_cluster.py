@@ -7,6 +7,8 @@ the chunks' means). The NumPy path is checked against independent references
 in the rest of the suite.
 """
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,7 @@ import xentcy as xc
 
 da = pytest.importorskip("dask.array", reason="dask is not installed")
 distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed")
+dask = pytest.importorskip("dask")
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +40,23 @@ def problem():
     return logits, target, weight
 
 
+@contextlib.contextmanager
+def nothing_computed():
+    """Within the block, any computation of a Dask graph fails the test (a scheduler that
+    raises): the calls in it must only build graphs."""
+
+    def refuse(dsk, keys, **kwargs):
+        raise AssertionError("a Dask graph was computed where it was to stay lazy")
+
+    with dask.config.set(scheduler=refuse):
+        yield
+
+
+def test_nothing_computed_catches_a_computation():
+    with pytest.raises(AssertionError, match="stay lazy"), nothing_computed():
+        da.ones(3).sum().compute()
+
+
 KEYWORDS = [
     {},
     {"weight": "w", "label_smoothing": 0.1},
@@ -53,8 +73,8 @@ def test_cluster_loss_and_grad_equal_numpy_on_whole_arrays(client, problem, keyw
     lazy_logits = da.from_array(logits, chunks=(70, 4, 2))
     lazy_target = da.from_array(target, chunks=(50, 3))
 
-    loss, grad = xc.loss_and_grad(lazy_logits, lazy_target, axis=1, **keywords)
-    assert isinstance(loss, da.Array) and isinstance(grad, da.Array)  # nothing computed yet
+    with nothing_computed():
+        loss, grad = xc.loss_and_grad(lazy_logits, lazy_target, axis=1, **keywords)
     loss, grad = client.compute([loss, grad], sync=True)
 
     want_loss, want_grad = xc.loss_and_grad(logits, target, axis=1, **keywords)
@@ -121,8 +141,8 @@ def test_cluster_evaluation_is_exact(client, problem):
     lazy_logits = da.from_array(logits, chunks=(70, 4, 2))
     lazy_target = da.from_array(target, chunks=(50, 3))
     ev = xc.Evaluator(axis=1, weight=weight, top_k=(1, 3))
-    ev.update(lazy_logits, lazy_target)
-    assert any(hasattr(v, "dask") for v in (ev._state.loss_sum, ev._state.count))  # still lazy
+    with nothing_computed():
+        ev.update(lazy_logits, lazy_target)
     got = ev.result()
     want = xc.evaluate(logits, target, axis=1, weight=weight, top_k=(1, 3))
     assert got.count == want.count and got.correct == want.correct

@@ -340,12 +340,9 @@ def test_repr_is_readable():
     assert "accuracy={1: 0.0000, 2: 0.5000}" in text
 
 
+@pytest.mark.only_xp_backends("cuda_host", "cupy", reason="the deferred check is the CUDA backend's")
 def test_a_device_backend_raises_a_bad_index_at_result(xp):
     # CuPy (and the CUDA backend on the CPU): update records it on the device, result raises it
-    from backends import backend_name
-
-    if backend_name(xp) not in ("cuda_host", "cupy"):
-        pytest.skip("the deferred check is the CUDA backend's")
     A, y = data(30, 6)
     bad = y.copy()
     bad[4] = 6

@@ -96,7 +96,7 @@ def test_jax_eager_arrays_run_on_the_core_and_come_back_as_jax(jax_x64_off):
     loss, grad = xc.loss_and_grad(A, y)
     assert isinstance(loss, jax.Array) and isinstance(grad, jax.Array)
     np.testing.assert_allclose(loss, _jax_ref(jax, A, y), rtol=2e-6)
-    with pytest.raises((TypeError, ValueError)):
+    with pytest.raises(ValueError, match="inplace=True needs writable logits, got a read-only"):
         xc.loss_and_grad(A, y, inplace=True)
 
 
@@ -284,5 +284,5 @@ def test_custom_call_refuses_what_does_not_fit(case, jax_x64_off):
         "no attributes": lambda: jax.ffi.ffi_call(xj._FFI_TARGET, (loss, grad))(A, y, w),
         "3-D": lambda: _raw_call((loss,), jnp.ones((2, 5, 4), f32), y, w),
     }
-    with pytest.raises(Exception, match="xentcy_cross_entropy"):
+    with pytest.raises(jax.errors.JaxRuntimeError, match="xentcy_cross_entropy"):
         jax.block_until_ready(calls[case]())

@@ -30,24 +30,36 @@ class Backend(Protocol):
     """What ``xentcy._api`` and ``xentcy._eval`` call; every array argument is of the
     backend's library, every call checked and normalised already."""
 
-    DTYPES: tuple[Any, ...] | None
-    """The logits' dtypes the backend computes; None: every real floating dtype of the library."""
+    # (read-only properties here, so that module constants and class attributes satisfy them)
 
-    DEFERRED_INDEX_CHECK: bool
-    """Whether ``Evaluator.update`` leaves the class-index range check to ``result()`` (a
-    device backend: no read-back per batch; its kernels give a bad row NaN, never reading
-    through its index)."""
+    @property
+    def DTYPES(self) -> tuple[Any, ...] | None:
+        """The logits' dtypes the backend computes; None: every real floating dtype of the
+        library."""
+        ...
 
-    class_index_summary: ClassIndexSummary | None
-    """(D, bad) of a call's class indices in one pass: D, what the mean divides by (the rule
-    of ``xentcy._reductions.denominator``: a float, or a 0-d array left where the arrays
-    are), and bad, an index out of range (the largest at or above C, else the smallest
-    negative) or None. A lazy backend (Dask) gives bad None and checks each chunk's indices
-    where it computes them. None: the array-API rule of ``xentcy._reductions``."""
+    @property
+    def DEFERRED_INDEX_CHECK(self) -> bool:
+        """Whether ``Evaluator.update`` leaves the class-index range check to ``result()`` (a
+        device backend: no read-back per batch; its kernels give a bad row NaN, never reading
+        through its index)."""
+        ...
 
-    compare_rows: CompareRows | None
-    """(KL(softmax(reference) || softmax(logits)), argmax agreement) per row in one fused
-    pass, batch-shaped; None: the array-API algorithm of ``xentcy._generic``."""
+    @property
+    def class_index_summary(self) -> ClassIndexSummary | None:
+        """(D, bad) of a call's class indices in one pass: D, what the mean divides by (the
+        rule of ``xentcy._reductions.denominator``: a float, or a 0-d array left where the
+        arrays are), and bad, an index out of range (the largest at or above C, else the
+        smallest negative) or None. A lazy backend (Dask) gives bad None and checks each
+        chunk's indices where it computes them. None: the array-API rule of
+        ``xentcy._reductions``."""
+        ...
+
+    @property
+    def compare_rows(self) -> CompareRows | None:
+        """(KL(softmax(reference) || softmax(logits)), argmax agreement) per row in one fused
+        pass, batch-shaped; None: the array-API algorithm of ``xentcy._generic``."""
+        ...
 
     def writable(self, x: Array) -> bool:
         """Whether the backend can write into x (``out=``, ``inplace=True``)."""

@@ -11,33 +11,38 @@ import math
 import numbers
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from array_api_compat import array_namespace, device, is_array_api_obj, is_numpy_array
+
+from ._typing import Array, Namespace
+
+if TYPE_CHECKING:
+    from ._backend import Backend
 
 REDUCTIONS = ("mean", "sum", "none")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-def traced(x: Any) -> bool:
+def traced(x: Array) -> bool:
     """Whether x is a JAX tracer (inside ``jit``, ``grad``, ``vmap``): no value can be read back."""
     jax = sys.modules.get("jax")
     return jax is not None and isinstance(x, jax.core.Tracer)
 
 
-def _without_x64(xp: Any) -> bool:
+def _without_x64(xp: Namespace) -> bool:
     """JAX with 64-bit types off, where asking for int64 or float64 warns and gives 32 bits."""
     jax = sys.modules.get("jax")
     return jax is not None and xp.__name__.startswith("jax") and not jax.config.jax_enable_x64
 
 
-def index_dtype(xp: Any) -> Any:
+def index_dtype(xp: Namespace) -> Any:
     """int64, or int32 where the library has no int64 (JAX without x64)."""
     return xp.int32 if _without_x64(xp) else xp.int64
 
 
-def sum_dtype(xp: Any) -> Any:
+def sum_dtype(xp: Namespace) -> Any:
     """float64, or float32 where the library has no float64 (JAX without x64)."""
     return xp.float32 if _without_x64(xp) else xp.float64
 
@@ -53,14 +58,14 @@ class CrossEntropyCall:
     0 where its mass eps / C rounds to 0 in the loss's dtype.
     """
 
-    xp: Any
-    logits: Any
-    target: Any
+    xp: Namespace
+    logits: Array
+    target: Array
     class_indices: bool
     axis: int
     num_classes: int
     batch_shape: tuple[int, ...]
-    weight: Any
+    weight: Array
     ignore_index: int
     label_smoothing: float
     reduction: str
@@ -74,7 +79,7 @@ class CrossEntropyCall:
         return math.prod(self.batch_shape)
 
 
-def library_name(x: Any) -> str:
+def library_name(x: Array) -> str:
     """The name of the library an array comes from, for error messages."""
     module = type(x).__module__.split(".")[0]
     return module or type(x).__name__
@@ -84,12 +89,12 @@ def _describe_dtype(dtype: Any) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _is_real_floating(xp: Any, dtype: Any, dtypes: tuple[Any, ...] | None) -> bool:
+def _is_real_floating(xp: Namespace, dtype: Any, dtypes: tuple[Any, ...] | None) -> bool:
     # A backend's own dtypes count too: ml_dtypes' bfloat16 is not "real floating" to NumPy.
     return (dtypes is not None and dtype in dtypes) or xp.isdtype(dtype, "real floating")
 
 
-def check_logits(xp: Any, x: Any, name: str, dtypes: tuple[Any, ...] | None) -> None:
+def check_logits(xp: Namespace, x: Array, name: str, dtypes: tuple[Any, ...] | None) -> None:
     """Logits must be a real floating array of at least one dimension.
 
     ``dtypes`` is the backend's supported set (None: every real floating dtype).
@@ -109,7 +114,7 @@ def check_logits(xp: Any, x: Any, name: str, dtypes: tuple[Any, ...] | None) -> 
     check_known_shape(x, name)
 
 
-def check_known_shape(x: Any, name: str) -> None:
+def check_known_shape(x: Array, name: str) -> None:
     """Every dimension of ``x`` is known (a Dask array after boolean indexing has NaN sizes)."""
     if any(n is None or (isinstance(n, float) and math.isnan(n)) for n in x.shape):
         raise ValueError(
@@ -118,14 +123,14 @@ def check_known_shape(x: Any, name: str) -> None:
         )
 
 
-def check_flag(value: Any, name: str) -> bool:
+def check_flag(value: Array, name: str) -> bool:
     """``value`` as a bool: True, False or a NumPy bool; anything else is a TypeError."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
     return bool(value)
 
 
-def check_array_subclass(x: Any, name: str) -> None:
+def check_array_subclass(x: Array, name: str) -> None:
     """NumPy array subclasses whose meaning xentcy would silently drop are a TypeError."""
     if isinstance(x, np.ma.MaskedArray):
         fill = {"target": "ignore_index (class indices) or 0 (probabilities)", "weight": "0"}.get(
@@ -172,7 +177,7 @@ def check_options(ignore_index: Any, label_smoothing: Any, reduction: Any) -> tu
     return int(ignore_index), eps
 
 
-def _effective_smoothing(xp: Any, eps: float, num_classes: int, dtype: Any) -> float:
+def _effective_smoothing(xp: Namespace, eps: float, num_classes: int, dtype: Any) -> float:
     """eps, or 0 where the smoothing mass eps / C rounds to 0 in the dtype the kernels hold it in
     (the loss's): every backend then computes without it, alike. It matters only against an
     infinite or NaN term, where 0 * inf and 1e-300 * inf differ (docs/math.md, Numerics)."""
@@ -182,7 +187,7 @@ def _effective_smoothing(xp: Any, eps: float, num_classes: int, dtype: Any) -> f
     return eps if mass != 0.0 else 0.0
 
 
-def _check_weight(xp: Any, weight: Any, logits: Any, num_classes: int) -> Any:
+def _check_weight(xp: Namespace, weight: Array, logits: Array, num_classes: int) -> Array | None:
     """``weight`` converted to the logits' namespace, device and dtype."""
     if weight is None:
         return None
@@ -207,7 +212,7 @@ def _check_weight(xp: Any, weight: Any, logits: Any, num_classes: int) -> Any:
     return xp.astype(w, logits.dtype, copy=False)
 
 
-def _check_class_index_dtype(xp: Any, y: Any, num_classes: int, ignore_index: int) -> Any:
+def _check_class_index_dtype(xp: Namespace, y: Array, num_classes: int, ignore_index: int) -> Array:
     """Class indices as int64; their values are checked by :func:`denominator`.
 
     Unsigned 64-bit values of 2**63 and more would wrap to negative int64 values
@@ -251,7 +256,7 @@ def check_class_index_values(call: CrossEntropyCall) -> None:
     raise class_index_error(call.num_classes, call.ignore_index, value)
 
 
-def _check_probabilities(xp: Any, q: Any, logits: Any, dtypes: tuple[Any, ...] | None) -> Any:
+def _check_probabilities(xp: Namespace, q: Array, logits: Array, dtypes: tuple[Any, ...] | None) -> Array:
     if not (
         _is_real_floating(xp, q.dtype, dtypes)
         or xp.isdtype(q.dtype, "integral")
@@ -267,12 +272,12 @@ def _check_probabilities(xp: Any, q: Any, logits: Any, dtypes: tuple[Any, ...] |
 
 
 def check_cross_entropy(
-    xp: Any,
-    logits: Any,
-    target: Any,
+    xp: Namespace,
+    logits: Array,
+    target: Array,
     *,
     axis: Any,
-    weight: Any,
+    weight: Array,
     ignore_index: Any,
     label_smoothing: Any,
     reduction: Any,
@@ -329,7 +334,7 @@ def check_cross_entropy(
 
 
 def check_grad_output(
-    call: CrossEntropyCall, out: Any, inplace: bool, backend: Any, inputs: dict[str, Any]
+    call: CrossEntropyCall, out: Array, inplace: bool, backend: Backend, inputs: dict[str, Array]
 ) -> None:
     """``out=`` and ``inplace=`` must name a writable buffer shaped like the logits.
 
@@ -369,19 +374,19 @@ def check_grad_output(
     _check_no_overlap(backend, out, inputs, "out")
 
 
-def _check_no_overlap(backend: Any, written: Any, inputs: dict[str, Any], what: str) -> None:
+def _check_no_overlap(backend: Backend, written: Array, inputs: dict[str, Array], what: str) -> None:
     """The array the gradient is written into shares no memory with the other inputs."""
     for name, x in inputs.items():
         if type(x) is type(written) and (x is written or backend.overlaps(written, x)):
             raise ValueError(f"{what} must not share memory with {name}")
 
 
-def _itemsize(xp: Any, dtype: Any) -> int:
+def _itemsize(xp: Namespace, dtype: Any) -> int:
     itemsize = getattr(dtype, "itemsize", None)
     return itemsize if itemsize is not None else xp.finfo(dtype).bits // 8  # array_api_strict's dtypes
 
 
-def loss_dtype(xp: Any, dtype: Any) -> Any:
+def loss_dtype(xp: Namespace, dtype: Any) -> Any:
     """The dtype of the loss: the logits' for float32 and float64, float32 for half precision
     (a bfloat16 loss of 36 could only move in steps of 0.25; api.md, Arguments)."""
     return xp.float32 if _itemsize(xp, dtype) < 4 else dtype

@@ -12,14 +12,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import dask.array as da
 import numpy as np
 
+from ._backend import Backend
 from ._layout import without
+from ._typing import Array, Namespace
+
+if TYPE_CHECKING:
+    from ._checks import CrossEntropyCall
 
 
 def _assemble(blocks: np.ndarray) -> Any:
@@ -27,7 +31,7 @@ def _assemble(blocks: np.ndarray) -> Any:
     return blocks[()] if blocks.ndim == 0 else da.block(blocks.tolist())
 
 
-def _chunk_call(template: Any, logits: Any, target: Any, weights: Any) -> Any:
+def _chunk_call(template: CrossEntropyCall, logits: Array, target: Array, weights: Any) -> Any:
     """The call ``template`` (options only) completed with one chunk's concrete arrays;
     ``weights``: None, or the computed (weight, weight_sum)."""
     batch_shape = tuple(target.shape) if logits is None else without(tuple(logits.shape), template.axis)
@@ -43,28 +47,30 @@ class DaskBackend:
     DEFERRED_INDEX_CHECK = False  # each chunk's indices are checked where it is computed
     compare_rows = None  # the array-API algorithm, on the Dask arrays, lazily
 
-    def __init__(self, chunk_xp: Any, chunk_backend: ModuleType, denominator: Callable[[Any], float]) -> None:
+    def __init__(
+        self, chunk_xp: Namespace, chunk_backend: Backend, denominator: Callable[[Any], Any]
+    ) -> None:
         self.chunk_xp = chunk_xp
         self.chunk_backend = chunk_backend
         self.chunk_denominator = denominator
         self.DTYPES = chunk_backend.DTYPES
 
     @staticmethod
-    def writable(x: Any) -> bool:
+    def writable(x: Array) -> bool:
         return False  # Dask arrays are immutable: out= and inplace= are refused
 
     @staticmethod
-    def overlaps(x: Any, y: Any) -> bool:
+    def overlaps(x: Array, y: Array) -> bool:
         return False
 
-    def softmax(self, xp: Any, x: Any, axis: int, log_space: bool) -> Any:
+    def softmax(self, xp: Namespace, x: Array, axis: int, log_space: bool) -> Any:
         x = x.rechunk({axis: -1})
         chunk_xp, chunk_softmax = self.chunk_xp, self.chunk_backend.softmax
         return x.map_blocks(
             lambda block: chunk_softmax(chunk_xp, block, axis, log_space), dtype=x.dtype, meta=x._meta
         )
 
-    def logsumexp(self, xp: Any, x: Any, axis: int, keepdims: bool) -> Any:
+    def logsumexp(self, xp: Namespace, x: Array, axis: int, keepdims: bool) -> Any:
         x = x.rechunk({axis: -1})
         chunk_xp, chunk_logsumexp = self.chunk_xp, self.chunk_backend.logsumexp
         reduced = x.map_blocks(
@@ -75,13 +81,13 @@ class DaskBackend:
         )
         return da.expand_dims(reduced, axis) if keepdims else reduced
 
-    def _template(self, call: Any) -> Any:
+    def _template(self, call: CrossEntropyCall) -> Any:
         """``call`` without its Dask arrays, so that tasks do not carry the graph along."""
         return dataclasses.replace(
             call, xp=self.chunk_xp, logits=None, target=None, weight=None, weight_sum=None
         )
 
-    def _rechunked(self, call: Any) -> tuple[Any, Any, Any]:
+    def _rechunked(self, call: CrossEntropyCall) -> tuple[Any, Any, Any]:
         """Logits with one chunk along the class axis, target chunked alike, and the weights
         as one Delayed of (weight, weight_sum), or None."""
         logits = call.logits.rechunk({call.axis: -1})
@@ -93,19 +99,21 @@ class DaskBackend:
         weight_sum = None if call.weight_sum is None else call.weight_sum.to_delayed().ravel()[0]
         return logits, target, dask.delayed(tuple, pure=True)([weight, weight_sum])
 
-    def class_index_summary(self, call: Any) -> tuple[Any, None]:
+    def class_index_summary(self, call: CrossEntropyCall) -> tuple[Any, None]:
         """(D as a lazy 0-d float64 array, None): the chunk rule, summed over the target's
         chunks; it checks each chunk's class indices when computed."""
         _, target, weight = self._rechunked(call)
         template, rule = self._template(call), self.chunk_denominator
 
-        def chunk_denominator(block: Any, w: Any) -> float:
+        def chunk_denominator(block: Array, w: Array) -> float:
             return rule(_chunk_call(template, None, block, w))
 
         parts = [dask.delayed(chunk_denominator, pure=True)(b, weight) for b in target.to_delayed().ravel()]
         return da.from_delayed(dask.delayed(math.fsum)(parts), shape=(), dtype=np.float64), None
 
-    def cross_entropy_rows(self, call: Any, *, want_grad: bool, out: Any, grad_scale: Any) -> tuple[Any, Any]:
+    def cross_entropy_rows(
+        self, call: CrossEntropyCall, *, want_grad: bool, out: Array | None, grad_scale: Array
+    ) -> tuple[Array, Array | None]:
         """Lazy per-sample losses (float64) and gradient; one task per chunk computes both."""
         logits, target, weight = self._rechunked(call)
         if isinstance(grad_scale, da.Array):
@@ -113,7 +121,7 @@ class DaskBackend:
         template, chunk_rows = self._template(call), self.chunk_backend.cross_entropy_rows
         check_indices = self.chunk_denominator if call.class_indices else None
 
-        def compute_chunk(block: Any, target_block: Any, w: Any, scale: Any) -> tuple[Any, Any]:
+        def compute_chunk(block: Array, target_block: Array, w: Array, scale: Array) -> tuple[Any, Any]:
             chunk = _chunk_call(template, block, target_block, w)
             if check_indices is not None:
                 # the chunk's class indices are checked where they are used: no task computes
@@ -141,14 +149,14 @@ class DaskBackend:
                 grads[index] = da.from_delayed(grad, shape, dtype=logits.dtype, meta=logits._meta)
         return _assemble(losses), (_assemble(grads) if want_grad else None)
 
-    def evaluate_rows(self, call: Any) -> tuple[Any, Any, Any]:
+    def evaluate_rows(self, call: CrossEntropyCall) -> tuple[Any, Any, Any]:
         """Lazy per-sample (losses, ranks, entropies): one task per chunk, through the chunk
         backend's evaluation rows."""
         logits, target, weight = self._rechunked(call)
         template, chunk_backend = self._template(call), self.chunk_backend
         check_indices = self.chunk_denominator if call.class_indices else None
 
-        def compute_chunk(block: Any, target_block: Any, w: Any) -> tuple[Any, Any, Any]:
+        def compute_chunk(block: Array, target_block: Array, w: Array) -> tuple[Any, Any, Any]:
             chunk = _chunk_call(template, block, target_block, w)
             if check_indices is not None:
                 check_indices(chunk)  # as in cross_entropy_rows: checked where used

@@ -23,12 +23,12 @@ from ._typing import Array, Namespace
 
 
 @functools.cache
-def _numpy_namespace() -> Any:
+def _numpy_namespace() -> Namespace:
     """array_namespace of a plain NumPy array, looked up once (each lookup costs ~3 us)."""
     return array_namespace(np.empty(0))
 
 
-def namespace(**arrays: Any) -> Any:
+def namespace(**arrays: Array) -> Namespace:
     """The one array-API namespace of the named arguments.
 
     The first must be an array; the others may also be None, a Python
@@ -96,7 +96,9 @@ class Route:
 
     __slots__ = ("arrays", "_back", "_originals", "_stream")
 
-    def __init__(self, arrays: dict[str, Any], back: Any = None, originals: Any = None, stream: Any = None):
+    def __init__(
+        self, arrays: dict[str, Array], back: Any = None, originals: Any = None, stream: Any = None
+    ) -> None:
         self.arrays = arrays
         self._back = back
         self._originals = originals or {}
@@ -109,7 +111,7 @@ class Route:
         if self._stream is not None:
             self._stream.__exit__(*exc)
 
-    def back(self, result: Any) -> Any:
+    def back(self, result: Array) -> Array:
         """``result`` (an array of the computing library, or a tuple of them) in the caller's library;
         a view of one of the caller's own arrays (``out=``, ``inplace=True``) is that array."""
         if self._back is None or result is None:
@@ -120,11 +122,11 @@ class Route:
         return original if original is not None else self._back(result)
 
 
-def _plain(x: Any) -> bool:
+def _plain(x: Array) -> bool:
     return x is None or type(x) is np.ndarray or isinstance(x, (numbers.Number, list, tuple))
 
 
-def _passes(name: str, x: Any) -> bool:
+def _passes(name: str, x: Array) -> bool:
     """Whether a routed call takes argument x as it is: None, a scalar, a list, or a NumPy
     weight (the checks convert it); a NumPy target beside torch or JAX logits is not (an error)."""
     return _plain(x) and (name == "weight" or type(x) is not np.ndarray)
@@ -133,9 +135,9 @@ def _passes(name: str, x: Any) -> bool:
 _FLOATS = ("float32", "float64")
 
 
-def _torch_route(arrays: dict[str, Any], logits: Any) -> Route | None:
+def _torch_route(arrays: dict[str, Array], logits: Array) -> Route | None:
     torch = sys.modules["torch"]
-    views: dict[str, Any] = {}
+    views: dict[str, Array] = {}
     device = logits.device
     for name, x in arrays.items():
         if _passes(name, x):
@@ -176,11 +178,11 @@ def _torch_route(arrays: dict[str, Any], logits: Any) -> Route | None:
     return Route(converted, back, originals, stream)
 
 
-def _jax_route(arrays: dict[str, Any], writes: tuple[str, ...]) -> Route | None:
+def _jax_route(arrays: dict[str, Array], writes: tuple[str, ...]) -> Route | None:
     jax = sys.modules["jax"]
     if writes:
         return None  # JAX arrays are immutable: the checks refuse out= and inplace=
-    converted: dict[str, Any] = {}
+    converted: dict[str, Array] = {}
     for name, x in arrays.items():
         if _passes(name, x):
             converted[name] = x
@@ -198,7 +200,7 @@ def _jax_route(arrays: dict[str, Any], writes: tuple[str, ...]) -> Route | None:
     return Route(converted, _to_jax)
 
 
-def _to_jax(result: Any) -> Any:
+def _to_jax(result: Array) -> Any:
     """A JAX array of a NumPy result: the same memory where XLA takes it as it is (64-byte
     aligned, as the CPU core allocates its outputs, and of a dtype JAX keeps), else a copy."""
     jax = sys.modules["jax"]
@@ -222,7 +224,7 @@ def _have_cupy() -> bool:
     return importlib.util.find_spec("cupy") is not None
 
 
-def route(arrays: dict[str, Any], writes: tuple[str, ...] = ()) -> Route:
+def route(arrays: dict[str, Array], writes: tuple[str, ...] = ()) -> Route:
     """The route of a call's arrays (the logits first; ``writes``: the names of the arrays the
     call writes into). PyTorch tensors on the CPU and JAX arrays on the CPU are viewed as NumPy
     arrays (DLPack, no copy) and computed by the CPU core; torch CUDA tensors, where CuPy is

@@ -18,6 +18,8 @@ import numpy as np
 from array_api_compat import is_numpy_namespace
 
 from . import _api, _checks, _dispatch, _generic, _reductions, _stream
+from ._backend import Backend
+from ._typing import Array, Namespace
 
 # ---------------------------------------------------------------------------------------
 # the result
@@ -130,7 +132,7 @@ class _State:
     bad_batch: Any = -1
 
 
-def _host(value: Any) -> Any:
+def _host(value: Array) -> Any:
     """A Python number from a float, an int or a 0-d array (the one read-back of a device
     sum; a lazy one is computed here)."""
     if isinstance(value, (int, float)):
@@ -169,7 +171,7 @@ class Evaluator:
         self,
         *,
         axis: int = -1,
-        weight: Any = None,
+        weight: Array = None,
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
         top_k: Any = (1, 5),
@@ -188,7 +190,7 @@ class Evaluator:
     def _settings(self) -> tuple[Any, ...]:
         return (self.axis, self.ignore_index, float(self.label_smoothing), self.top_k)
 
-    def update(self, logits: Any, target: Any = None, /, *, reference: Any = None) -> None:
+    def update(self, logits: Array, target: Array = None, /, *, reference: Array = None) -> None:
         """Add one batch: ``logits`` and its ``target`` (as :func:`xentcy.cross_entropy`
         takes them), and optionally the ``reference`` logits of a second model (same shape),
         for the KL divergence and the top-1 agreement; ``target`` may then be None.
@@ -200,7 +202,7 @@ class Evaluator:
             a = r.arrays
             self._update(a["logits"], a["target"], a["reference"], a["weight"])
 
-    def _update(self, logits: Any, target: Any, reference: Any, weight: Any) -> None:
+    def _update(self, logits: Array, target: Array, reference: Array, weight: Array) -> None:
         st = self._state
         shape, ref_shape = tuple(getattr(logits, "shape", ())), tuple(getattr(reference, "shape", ()))
         if reference is not None and ref_shape != shape:
@@ -240,7 +242,9 @@ class Evaluator:
             self._update_reference(backend, xp, logits, reference, counted)
         st.batches += 1
 
-    def _update_reference(self, backend: Any, xp: Any, logits: Any, reference: Any, counted: Any) -> None:
+    def _update_reference(
+        self, backend: Backend, xp: Namespace, logits: Array, reference: Array, counted: Array | None
+    ) -> None:
         # (the logits are checked already, with the target or without)
         ax = _checks.normalize_axis(self.axis, logits.ndim)
         _checks.check_logits(xp, reference, "reference", backend.DTYPES)
@@ -365,7 +369,7 @@ class Evaluator:
         )
 
 
-def _sum(xp: Any, x: Any) -> Any:
+def _sum(xp: Namespace, x: Array) -> Any:
     """The float64 sum of x: a Python float for NumPy, a 0-d array elsewhere (no read-back)."""
     if is_numpy_namespace(xp):
         return float(np.sum(x, dtype=np.float64))
@@ -373,13 +377,13 @@ def _sum(xp: Any, x: Any) -> Any:
     return xp.sum(xp.astype(x, acc))
 
 
-def _count(xp: Any, mask: Any) -> Any:
+def _count(xp: Namespace, mask: Array) -> Any:
     if is_numpy_namespace(xp):
         return int(np.count_nonzero(mask))
     return xp.sum(xp.astype(mask, xp.int64))
 
 
-def _host_or_device(xp: Any, x: Any) -> Any:
+def _host_or_device(xp: Namespace, x: Array) -> Any:
     return float(x) if is_numpy_namespace(xp) else x
 
 
@@ -418,7 +422,7 @@ def _batch_axis(axis: int) -> int:
     return 0 if axis != 0 else 1
 
 
-def _slice(x: Any, ax: int, start: int, stop: int) -> Any:
+def _slice(x: Array, ax: int, start: int, stop: int) -> Array:
     return None if x is None else x[(slice(None),) * ax + (slice(start, stop), ...)]
 
 
@@ -431,17 +435,17 @@ def _check_batch_size(batch_size: Any) -> int | None:
 
 
 def evaluate(
-    logits: Any,
-    target: Any,
+    logits: Array,
+    target: Array,
     /,
     *,
     axis: int = -1,
-    weight: Any = None,
+    weight: Array = None,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     top_k: Any = (1, 5),
     batch_size: int | None = None,
-    reference: Any = None,
+    reference: Array = None,
     progress: bool = False,
     device: str | None = None,
 ) -> Evaluation:
@@ -557,7 +561,7 @@ def evaluate(
     return ev.result()
 
 
-def target_rank(logits: Any, target: Any, /, *, axis: int = -1, ignore_index: int = -100) -> Any:
+def target_rank(logits: Array, target: Array, /, *, axis: int = -1, ignore_index: int = -100) -> Array:
     """The rank of each sample's target class among its logits.
 
     The number of classes whose logit beats the target's, ties going to the lower class

@@ -24,22 +24,22 @@ DEFERRED_INDEX_CHECK = False
 class_index_summary = None  # the array-API rule of xentcy._reductions
 
 
-def writable(x: Any) -> bool:
+def writable(x: Array) -> bool:
     return is_writeable_array(x)
 
 
-def overlaps(x: Any, y: Any) -> bool:
+def overlaps(x: Array, y: Array) -> bool:
     # The gradient is computed whole before it is copied into out, so sharing
     # memory with an input cannot change the result here.
     return False
 
 
-def _work_dtype(xp: Any, dtype: Any) -> Any:
+def _work_dtype(xp: Namespace, dtype: Any) -> Any:
     """float32 for half-precision logits (fp32 accumulation), else their own dtype."""
     return xp.float32 if xp.finfo(dtype).bits < 32 else dtype
 
 
-def _accumulation_dtype(xp: Any, x: Any) -> Any:
+def _accumulation_dtype(xp: Namespace, x: Array) -> Any:
     """float64 where the library has it on x's device (JAX without x64 has not)."""
     try:
         supported = xp.__array_namespace_info__().dtypes(kind="real floating", device=_device(x))
@@ -48,14 +48,14 @@ def _accumulation_dtype(xp: Any, x: Any) -> Any:
     return supported.get("float64") or x.dtype
 
 
-def _shifted(xp: Any, x: Any) -> tuple[Any, Any]:
+def _shifted(xp: Namespace, x: Array) -> tuple[Any, Any]:
     """(x - m, m) with m = max over the last axis, or 0 where that max is not finite."""
     m = xp.max(x, axis=-1, keepdims=True)
     m = xp.where(xp.isfinite(m), m, xp.zeros_like(m))
     return x - m, m
 
 
-def softmax(xp: Any, x: Any, axis: int, log_space: bool) -> Any:
+def softmax(xp: Namespace, x: Array, axis: int, log_space: bool) -> Any:
     dtype = x.dtype
     moved = xp.moveaxis(xp.astype(x, _work_dtype(xp, dtype)), axis, -1)
     if moved.shape[-1] == 0:
@@ -69,7 +69,7 @@ def softmax(xp: Any, x: Any, axis: int, log_space: bool) -> Any:
     return xp.astype(xp.moveaxis(out, -1, axis), dtype)
 
 
-def logsumexp(xp: Any, x: Any, axis: int, keepdims: bool) -> Any:
+def logsumexp(xp: Namespace, x: Array, axis: int, keepdims: bool) -> Any:
     dtype = x.dtype
     moved = xp.moveaxis(xp.astype(x, _work_dtype(xp, dtype)), axis, -1)
     if moved.shape[-1] == 0:
@@ -80,7 +80,7 @@ def logsumexp(xp: Any, x: Any, axis: int, keepdims: bool) -> Any:
     return xp.expand_dims(out, axis=axis) if keepdims else out
 
 
-def _target_rows(call: Any, work: Any) -> Any:
+def _target_rows(call: CrossEntropyCall, work: Any) -> Any:
     """w ∘ q: the weighted, smoothed target distribution, class axis last."""
     xp, eps, num_classes = call.xp, call.label_smoothing, call.num_classes
     if call.class_indices:
@@ -101,7 +101,9 @@ def _target_rows(call: Any, work: Any) -> Any:
     return q
 
 
-def cross_entropy_rows(call: Any, *, want_grad: bool, out: Any, grad_scale: Any) -> tuple[Any, Any]:
+def cross_entropy_rows(
+    call: CrossEntropyCall, *, want_grad: bool, out: Array | None, grad_scale: Array
+) -> tuple[Array, Array | None]:
     """Per-sample losses (float64 where the library has it) and, where ``want_grad``, the gradient."""
     xp, logits = call.xp, call.logits
     work = _work_dtype(xp, logits.dtype)
@@ -184,7 +186,7 @@ def _ranks_and_entropies(call: CrossEntropyCall, effective_y: Array) -> tuple[Ar
     return rank, entropy
 
 
-def _argmax_first(xp: Any, x: Any) -> Any:
+def _argmax_first(xp: Namespace, x: Array) -> Any:
     """The first index of the max along the last axis (NumPy's rule), int64."""
     return xp.astype(xp.argmax(x, axis=-1), xp.int64)
 
@@ -199,7 +201,7 @@ def _effective_target(call: CrossEntropyCall) -> Array:
 
 
 
-def _expm1_minus_x(xp: Any, x: Any) -> Any:
+def _expm1_minus_x(xp: Namespace, x: Array) -> Any:
     """e^x - 1 - x for |x| <= 1/2, from its Taylor series (to x^15: below float64's ulp)."""
     p = xp.full_like(x, 1.0 / math.factorial(15))
     for n in range(14, 1, -1):

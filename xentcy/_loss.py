@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from ._api import Reduction, loss_and_grad, softmax
+from ._typing import Array
 
 
 class CrossEntropyLoss:
@@ -56,7 +57,7 @@ class CrossEntropyLoss:
         self,
         *,
         axis: int = -1,
-        weight: Any = None,
+        weight: Array = None,
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
         reduction: Reduction = "mean",

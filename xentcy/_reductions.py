@@ -18,6 +18,7 @@ from ._checks import (
     loss_dtype,
     sum_dtype,
 )
+from ._typing import Array
 
 
 def denominator(
@@ -64,7 +65,7 @@ def unchecked_denominator(call: CrossEntropyCall) -> tuple[Any, Any]:
     return xp.sum(xp.astype(w_y, sum_dtype(xp))), bad
 
 
-def gradient_scale(call: CrossEntropyCall, denom: Any) -> Any:
+def gradient_scale(call: CrossEntropyCall, denom: Array) -> Any:
     """The factor in front of each sample's gradient: 1/D for the mean, else 1.
 
     D = 0 gives 0: every sample then has zero weight or is ignored, and the
@@ -85,7 +86,7 @@ def gradient_scale(call: CrossEntropyCall, denom: Any) -> Any:
     return xp.where(nonzero, scale, 0.0)
 
 
-def reduce_losses(call: CrossEntropyCall, losses: Any, denom: Any) -> Any:
+def reduce_losses(call: CrossEntropyCall, losses: Array, denom: Array) -> Any:
     """Apply ``reduction`` to the per-sample losses (float64, shaped like the batch).
 
     The result has the loss's dtype (:func:`loss_dtype`): a 0-d array for "mean"

@@ -40,7 +40,7 @@ class HostSlots:
             bufs = self.buffers[slot] = [
                 None if p is None else self.alloc(tuple(p.shape), np.dtype(p.dtype)) for p in parts
             ]
-        out = []
+        out: list[Any] = []
         for buf, part in zip(bufs, parts, strict=True):
             if part is None:
                 out.append(None)
@@ -90,8 +90,8 @@ class RecordingLane(HostLane):
     def stage(self, slot: int, parts: list[Any]) -> list[Any]:
         if self.device[slot] is None:
             self.device[slot] = [None if p is None else np.empty_like(p) for p in parts]
-        out = []
-        for dev, part in zip(self.device[slot], parts, strict=True):
+        out: list[Any] = []
+        for dev, part in zip(self.device[slot] or (), parts, strict=True):
             if part is None:
                 out.append(None)
                 continue
@@ -144,9 +144,9 @@ class CudaLane:
         cp = self.cp
         if self.device[slot] is None:
             self.device[slot] = [None if p is None else cp.empty(p.shape, p.dtype) for p in parts]
-        out = []
+        out: list[Any] = []
         with self.copy_stream:
-            for dev, part in zip(self.device[slot], parts, strict=True):
+            for dev, part in zip(self.device[slot] or (), parts, strict=True):
                 if part is None:
                     out.append(None)
                     continue
@@ -223,6 +223,7 @@ def staged_batches(
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="xentcy-reader") as pool:
         pending = pool.submit(load, 0) if n_batches else None
         for i in range(n_batches):
+            assert pending is not None  # (submitted for every batch)
             staged = lane.stage(i % 2, pending.result())
             # the next batch into the other slot, while this one computes
             pending = pool.submit(load, i + 1) if i + 1 < n_batches else None

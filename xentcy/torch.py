@@ -27,6 +27,8 @@ Differences from ``torch.nn.functional.cross_entropy``:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from . import _api
@@ -60,7 +62,7 @@ def _fused(
     weight = None if weight is None else weight.detach()
     if x.dtype in _HALF and x.device.type == "cpu":
         x = x.float()  # the CPU core computes float32 and float64
-    options = dict(
+    options: dict[str, Any] = dict(
         axis=axis,
         weight=weight,
         ignore_index=ignore_index,
@@ -292,6 +294,8 @@ class CrossEntropyLoss(torch.nn.Module):
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
+
+    weight: torch.Tensor | None
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return cross_entropy(

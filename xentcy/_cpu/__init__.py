@@ -6,22 +6,26 @@ any stride); other layouts are copied to contiguous rows first.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import _layout
+from .._typing import Array, Namespace
 from . import _core
+
+if TYPE_CHECKING:
+    from .._checks import CrossEntropyCall
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 DEFERRED_INDEX_CHECK = False  # the range check is one compiled pass (class_index_summary)
 
 
-def writable(x: Any) -> bool:
+def writable(x: Array) -> bool:
     return isinstance(x, np.ndarray) and x.flags.writeable
 
 
-def overlaps(x: Any, y: Any) -> bool:
+def overlaps(x: Array, y: Array) -> bool:
     """Whether writing x could change y (x being y itself excluded by the caller)."""
     return np.may_share_memory(x, y)
 
@@ -50,13 +54,13 @@ def _rows_out(dest: np.ndarray, axis: int) -> _layout.RowsOut:
     return _layout.RowsOut(np, dest, axis, dense=False)
 
 
-def softmax(xp: Any, x: np.ndarray, axis: int, log_space: bool) -> np.ndarray:
+def softmax(xp: Namespace, x: np.ndarray, axis: int, log_space: bool) -> np.ndarray:
     out = _rows_out(empty_like(x), axis)
     _core.softmax(_rows(x, axis), out.rows, log_space)
     return out.finish()
 
 
-def logsumexp(xp: Any, x: np.ndarray, axis: int, keepdims: bool) -> np.ndarray:
+def logsumexp(xp: Namespace, x: np.ndarray, axis: int, keepdims: bool) -> np.ndarray:
     rows = _rows(x, axis)
     out = np.empty(rows.shape[0], x.dtype)
     _core.logsumexp(rows, out)
@@ -64,23 +68,23 @@ def logsumexp(xp: Any, x: np.ndarray, axis: int, keepdims: bool) -> np.ndarray:
     return np.expand_dims(out, axis) if keepdims else out
 
 
-def _class_indices(call: Any) -> np.ndarray:
+def _class_indices(call: CrossEntropyCall) -> np.ndarray:
     return np.ascontiguousarray(call.target, dtype=np.intp).reshape(-1)
 
 
-def _weight(call: Any, dtype: Any = None) -> np.ndarray | None:
+def _weight(call: CrossEntropyCall, dtype: Any = None) -> np.ndarray | None:
     """The class weights, contiguous (of ``dtype``: the logits' where None), or None."""
     return None if call.weight is None else np.ascontiguousarray(call.weight, dtype=dtype)
 
 
-def class_index_summary(call: Any) -> tuple[float, int | None]:
+def class_index_summary(call: CrossEntropyCall) -> tuple[float, int | None]:
     """(D, an out-of-range class index or None) in one pass over the targets."""
     weight = _weight(call, np.float64)
     return _core.class_index_summary(_class_indices(call), weight, call.ignore_index, call.num_classes)
 
 
 def cross_entropy_rows(
-    call: Any, *, want_grad: bool, out: np.ndarray | None, grad_scale: float
+    call: CrossEntropyCall, *, want_grad: bool, out: np.ndarray | None, grad_scale: float
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-sample losses (float64, batch-shaped) and, where ``want_grad``, the gradient.
 
@@ -105,7 +109,7 @@ def cross_entropy_rows(
     return loss.reshape(call.batch_shape), (grad.finish() if grad is not None else None)
 
 
-def evaluate_rows(call: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def evaluate_rows(call: CrossEntropyCall) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(losses, ranks, entropies) per sample, batch-shaped, in one pass over each row (the
     loss from the cross-entropy rows instead where there is smoothing or probability targets,
     which the evaluation kernel leaves out)."""
@@ -129,7 +133,7 @@ def evaluate_rows(call: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def compare_rows(
-    xp: Any, logits: np.ndarray, reference: np.ndarray, axis: int
+    xp: Namespace, logits: np.ndarray, reference: np.ndarray, axis: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(KL(softmax(reference) || softmax(logits)), whether their argmax agree) per sample,
     batch-shaped, in one pass over each pair of rows (xent_eval.h: exact to a few ulp of the

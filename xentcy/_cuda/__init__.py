@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
 from .. import _layout
+from .._typing import Array, Namespace
+
+if TYPE_CHECKING:
+    from .._checks import CrossEntropyCall
 
 SOURCE_FILE = Path(__file__).with_name("cross_entropy.cu")
 
@@ -148,10 +152,10 @@ def plan(kernel: str, dtype_name: str, n_rows: int, num_classes: int) -> Plan:
 class Launcher(Protocol):
     """Where the backend's kernels run: the only part of it that knows the device."""
 
-    def device(self, x: Any) -> Any:
+    def device(self, x: Array) -> Any:
         """A context manager that makes x's device current."""
 
-    def address(self, x: Any) -> int:
+    def address(self, x: Array) -> int:
         """The address of x's first element on its device."""
 
     def launch(self, dtype_name: str, name: str, grid: int, block: int, args: tuple[Any, ...]) -> None:
@@ -191,10 +195,10 @@ def _function(device_id: int, dtype_name: str, name: str) -> Any:
 class CupyLauncher:
     """The kernels through NVRTC and ``cupy.RawModule``, on CuPy's current device and stream."""
 
-    def device(self, x: Any) -> Any:
+    def device(self, x: Array) -> Any:
         return x.device
 
-    def address(self, x: Any) -> int:
+    def address(self, x: Array) -> int:
         return int(x.data.ptr)
 
     def launch(self, dtype_name: str, name: str, grid: int, block: int, args: tuple[Any, ...]) -> None:
@@ -221,21 +225,21 @@ class CudaBackend:
     class_index_summary = None  # the array-API rule of xentcy._reductions, on the device
     compare_rows = None  # the array-API algorithm of xentcy._generic, on the device
 
-    def __init__(self, xp: Any, launcher: Launcher) -> None:
+    def __init__(self, xp: Namespace, launcher: Launcher) -> None:
         self.xp, self.launcher = xp, launcher
 
-    def writable(self, x: Any) -> bool:
+    def writable(self, x: Array) -> bool:
         return isinstance(x, self.xp.ndarray) and getattr(x.flags, "writeable", True)
 
-    def overlaps(self, x: Any, y: Any) -> bool:
+    def overlaps(self, x: Array, y: Array) -> bool:
         """Whether writing x could change y (x being y itself excluded by the caller)."""
         return bool(self.xp.may_share_memory(x, y))
 
-    def _rows(self, x: Any, axis: int) -> Any:
+    def _rows(self, x: Array, axis: int) -> Any:
         """A dense (N, C) view of x with the class axis last, or a dense copy."""
         return _layout.as_rows(self.xp, x, axis, dense=True)
 
-    def _rows_out(self, like: Any, dest: Any, axis: int) -> _layout.RowsOut:
+    def _rows_out(self, like: Array, dest: Array, axis: int) -> _layout.RowsOut:
         """Where the kernel writes rows for ``dest``; dest None: a new array laid out as the
         rows (returned with the class axis where ``like`` has it)."""
         if dest is None:
@@ -266,13 +270,13 @@ class CudaBackend:
         args = (*pointers, np.int64(n_rows), np.int64(num_classes), np.int32(p.group), *options)
         self.launcher.launch(dtype.name, p.name, p.grid, p.block, args)
 
-    def _scale_arguments(self, grad_scale: Any) -> tuple[Any, Any]:
+    def _scale_arguments(self, grad_scale: Array) -> tuple[Any, Any]:
         """(scale_value, scale_ptr) of the kernels: a float by value, a 0-d device array by pointer."""
         if isinstance(grad_scale, float):
             return np.float64(grad_scale), _NULL
         return np.float64(0.0), self.xp.ascontiguousarray(grad_scale, dtype=np.float64)
 
-    def softmax(self, xp: Any, x: Any, axis: int, log_space: bool) -> Any:
+    def softmax(self, xp: Namespace, x: Array, axis: int, log_space: bool) -> Any:
         with self.launcher.device(x):
             out = self._rows_out(x, None, axis)
             n_rows, num_classes = out.rows.shape
@@ -284,7 +288,7 @@ class CudaBackend:
             self._launch("softmax", x.dtype, n_rows, num_classes, (a, out.rows), options)
             return out.finish()
 
-    def logsumexp(self, xp: Any, x: Any, axis: int, keepdims: bool) -> Any:
+    def logsumexp(self, xp: Namespace, x: Array, axis: int, keepdims: bool) -> Any:
         cp = self.xp
         with self.launcher.device(x):
             n_rows, num_classes = _layout.rows_shape(x.shape, axis)
@@ -300,7 +304,9 @@ class CudaBackend:
                 out = out.reshape(batch_shape)
             return cp.expand_dims(out, axis) if keepdims else out
 
-    def cross_entropy_rows(self, call: Any, *, want_grad: bool, out: Any, grad_scale: Any) -> tuple[Any, Any]:
+    def cross_entropy_rows(
+        self, call: CrossEntropyCall, *, want_grad: bool, out: Array | None, grad_scale: Array
+    ) -> tuple[Array, Array | None]:
         """Per-sample losses (float64, batch-shaped) and, where ``want_grad``, the gradient.
 
         The gradient, times ``grad_scale`` (a float, or a 0-d float64 array left on
@@ -334,17 +340,17 @@ class CudaBackend:
                 self._launch("index", logits.dtype, n_rows, num_classes, pointers, options)
             else:
                 q = self._rows(call.target, axis)
-                pointers = (a, q, _or_null(weight), _or_null(g), loss)
-                options = (
+                prob_pointers = (a, q, _or_null(weight), _or_null(g), loss)
+                prob_options = (
                     self._aligned(num_classes, logits.itemsize, q, *common),
                     eps,
                     *self._scale_arguments(grad_scale),
                 )
-                self._launch("prob", logits.dtype, n_rows, num_classes, pointers, options)
+                self._launch("prob", logits.dtype, n_rows, num_classes, prob_pointers, prob_options)
             return loss.reshape(call.batch_shape), (grad.finish() if grad is not None else None)
 
 
-    def evaluate_rows(self, call: Any) -> tuple[Any, Any, Any]:
+    def evaluate_rows(self, call: CrossEntropyCall) -> tuple[Any, Any, Any]:
         """(losses, ranks, entropies) per sample, batch-shaped: the evaluation kernel (the
         loss from the index kernel instead where there is smoothing; probability targets
         rank their argmax class, and take their loss from the prob kernel)."""
@@ -378,7 +384,7 @@ class CudaBackend:
 _NULL = np.uint64(0)  # a null pointer argument: 8 bytes of zero
 
 
-def _or_null(x: Any) -> Any:
+def _or_null(x: Array) -> Any:
     """x, or a null pointer argument where x is None."""
     return _NULL if x is None else x
 
