@@ -254,83 +254,238 @@ __device__ __forceinline__ void combine_online(A m, A ones, A delta, int G, A (*
     delta_out = t[1];
 }
 
-// Per-row scalars of a class-index target y: q_c = (1 - eps) [c == y] + eps / C.
+// ---------------------------------------------------------------------------------------
+// The target of a cross-entropy row, as a policy of the two kernels below (one that holds
+// a row in registers, one that streams it): what differs between class indices and class
+// probabilities, and nothing else. A policy holds the kernel's target arguments and, once
+// begin() has run, the row's state:
+//   reads(slot)           whether the row's logits are read (an ignored row and a bad index
+//                         read nothing)
+//   Held<NV, VEC>, hold   what a cached thread keeps beside its logits, and its loading
+//   Vectors<U, VEC>, load what a streaming thread loads beside each logit vector
+//   fold(...)             one class's terms of the row's sums: t and `extra` (below)
+//   first_pass(...)       a streaming pass-1 vector's part of `extra`
+//   extra                 m - A_y (indices) or sum_c w_c q_c (probabilities), reduced
+//   finish(C)             the row's scalars, after the reductions
+//   loss, mass, wq        the loss, sum_c w_c q_c and w_c q_c of class c
+//   fill(scale), fill_value  whether the gradient row is one value (ignored and bad rows,
+//                         scale 0), and which
+// ---------------------------------------------------------------------------------------
+
+// Class indices: q_c = (1 - eps) [c == y] + eps / C. target: an int64 index per row; a row
+// equal to ignore_index has loss 0 and gradient 0; an index outside [0, C) (excluded by the
+// checks above) is never read through: its loss and gradient are NaN. weight_sum: sum_c w_c
+// (float64 on the device, for smoothing) or nullptr.
+template <typename T>
 struct IndexTarget {
-    double eps, smooth, w_y, w_sum;
+    using A = typename Acc<T>::type;
+    static constexpr int kVectorsInFlight = kInFlight<T>;
+    template <int NV, int VEC> struct Held {};
+    template <int U, int VEC> struct Vectors {};
+
+    const long long* __restrict__ target;
+    const T* __restrict__ weight;
+    const double* __restrict__ weight_sum;
+    long long ignore_index;
+    double eps;
+    // the row
+    long long y;
+    bool live, bad;
+    int yi;
+    A extra;  // m - A_y
+    A wq_y, wq_smooth, row_mass;
+
+    __device__ __forceinline__ void begin(const RowSlot& slot, long long C) {
+        y = slot.active ? target[slot.row] : ignore_index;
+        const bool ignored = y == ignore_index;
+        bad = !ignored && (y < 0 || y >= C);
+        live = slot.active && !ignored && !bad;
+        yi = live ? int(y) : -1;
+    }
+    __device__ __forceinline__ bool reads(const RowSlot&) const { return live; }
+    __device__ __forceinline__ bool smoothing() const { return eps != 0.0; }
+
+    template <int NV, int VEC>
+    __device__ __forceinline__ void hold(Held<NV, VEC>&, int, const T*, int, int, bool) const {}
+    template <int U, int VEC>
+    __device__ __forceinline__ void load(Vectors<U, VEC>&, int, const T*, int, int, bool) const {}
+
+    // class c (below `limit`) of logit x: sum_c w_c (m - A_c) for smoothing into t, and
+    // m - A_y into extra
+    template <typename H>
+    __device__ __forceinline__ void fold(const H&, int, int, int c, int limit, A x, A shift, A& t, A& ex) const {
+        if (c >= limit) return;
+        if (eps != 0.0) {
+            const A w_c = weight_of<T, A>(weight, c);
+            if (w_c != A(0)) t += w_c * (shift - x);
+        }
+        if (c == yi) ex = shift - x;
+    }
+    // the streaming pass 1: the thread holding A_y keeps it (m - A_y needs the final shift)
+    template <typename V, int VEC>
+    __device__ __forceinline__ void first_pass(const V&, int, int base, int, const A (&x)[VEC], A& a_y,
+                                               bool& has_y) const {
+        if (yi >= base && yi < base + VEC) {
+#pragma unroll
+            for (int i = 0; i < VEC; ++i)
+                if (base + i == yi) a_y = x[i];
+            has_y = true;
+        }
+    }
+    __device__ __forceinline__ A first_pass_extra(A shift, A a_y, bool has_y) const {
+        return has_y ? shift - a_y : A(0);
+    }
+    // w_y (1 where unweighted or not live) and sum_c w_c, read where they are needed: the
+    // loss reads them again after the gradient's pass, rather than hold them through it
+    __device__ __forceinline__ double w_y() const {
+        return (live && weight != nullptr) ? double(to_acc(weight[y])) : 1.0;
+    }
+    __device__ __forceinline__ double w_sum(long long C) const {
+        return weight_sum != nullptr ? *weight_sum : double(C);
+    }
+    // what the gradient needs of the row: w_y q_y, eps / C and sum_c w_c q_c
+    __device__ __forceinline__ void finish(long long C) {
+        const double smooth = eps / double(C), wy = w_y();
+        wq_y = A(wy * (smooth + 1.0 - eps));
+        wq_smooth = A(smooth);
+        // sum_c w_c q_c, the softmax's factor in the gradient; without smoothing the classes
+        // off the target have zero mass and add nothing, whatever their weight (NaN, inf)
+        row_mass = A((1.0 - eps) * wy + (eps != 0.0 ? smooth * w_sum(C) : 0.0));
+    }
     // loss = (1 - eps) w_y ((m - A_y) + log s) + (eps / C) (sum_c w_c (m - A_c) + log s sum_c w_c)
-    __device__ __forceinline__ double loss(double m_minus_ay, double t, double log_s) const {
+    __device__ __forceinline__ double loss(double t, double log_s, long long C) const {
+        if (!live) return bad ? acc_nan(0.0) : 0.0;
+        const double wy = w_y(), smooth = eps / double(C);
         double l = 0.0;
         // skipped at zero mass, where A_y may be -inf
-        if ((1.0 - eps) * w_y != 0.0) l = (1.0 - eps) * w_y * (m_minus_ay + log_s);
+        if ((1.0 - eps) * wy != 0.0) l = (1.0 - eps) * wy * (double(extra) + log_s);
         // no mass adds nothing, even where log s is infinite (as in the probability rows)
-        if (eps != 0.0) l += smooth * (t + (w_sum != 0.0 ? w_sum * log_s : 0.0));
+        if (eps != 0.0) {
+            const double ws = w_sum(C);
+            l += smooth * (t + (ws != 0.0 ? ws * log_s : 0.0));
+        }
         return log_s == log_s ? l : log_s;  // a NaN logit gives NaN, even at zero target mass
     }
-    // sum_c w_c q_c, the softmax's factor in the gradient; without smoothing the classes off
-    // the target have zero mass and add nothing, whatever their weight (NaN and inf included)
-    __device__ __forceinline__ double mass() const {
-        return (1.0 - eps) * w_y + (eps != 0.0 ? smooth * w_sum : 0.0);
+    __device__ __forceinline__ A mass() const { return row_mass; }
+    // w_c q_c of class c < C
+    template <typename H>
+    __device__ __forceinline__ A wq(const H&, int, int, int c) const {
+        if (c == yi) return wq_y;
+        if (eps == 0.0) return A(0);
+        return weight_of<T, A>(weight, c) * wq_smooth;
     }
+    __device__ __forceinline__ bool fill(double scale) const { return !live || scale == 0.0; }
+    __device__ __forceinline__ A fill_value() const { return bad ? acc_nan(A(0)) : A(0); }
 };
 
-// w_c q_c of a class-index target (c < C).
-template <typename T, typename A>
-__device__ __forceinline__ A index_wq(const T* weight, int c, int y, const IndexTarget& tg) {
-    if (c == y) return A(tg.w_y * (tg.smooth + 1.0 - tg.eps));
-    if (tg.eps == 0.0) return A(0);
-    return weight_of<T, A>(weight, c) * A(tg.smooth);
-}
+// Class probabilities q (N, C) in the logits' dtype, smoothed to (1 - eps) q + eps / C;
+// w_c q_c kept in registers beside the logits (cached) or loaded beside them (streamed).
+template <typename T>
+struct ProbTarget {
+    using A = typename Acc<T>::type;
+    // (logits, target) pairs in flight: two vectors of each at most
+    static constexpr int kVectorsInFlight = kInFlight<T> > 1 ? kInFlight<T> / 2 : 1;
+    template <int NV, int VEC> struct Held { A wq[NV][VEC]; };
+    template <int U, int VEC> struct Vectors { A q[U][VEC]; };
 
-// The loss of a row with probability target: sum_c w_c q_c ((m - A_c) + log s).
-__device__ __forceinline__ double prob_loss(double t, double mass, double log_s) {
-    if (log_s != log_s) return log_s;  // a NaN logit gives NaN, even at zero target mass
-    return mass != 0.0 ? t + mass * log_s : t;
-}
+    const T* target;
+    const T* __restrict__ weight;
+    double eps;
+    // the row
+    bool live;
+    A extra;  // sum_c w_c q_c
+    A one_minus_eps, smooth;
 
-}  // namespace xentcy
+    __device__ __forceinline__ void begin(const RowSlot& slot, long long C) {
+        live = slot.active;
+        one_minus_eps = A(1.0 - eps);
+        smooth = A(eps / double(C));
+    }
+    __device__ __forceinline__ bool reads(const RowSlot& slot) const { return slot.active; }
+    __device__ __forceinline__ bool smoothing() const { return true; }  // (t is the loss itself)
 
-using xentcy::Acc;
-using xentcy::kMaxReduce;
-using xentcy::Pack;
+    // w_c q_c of class c from its loaded q_c; 0 past the row
+    __device__ __forceinline__ A weighted(A q, int c, int limit) const {
+        return c < limit ? (one_minus_eps * q + smooth) * weight_of<T, A>(weight, c) : A(0);
+    }
+    template <int NV, int VEC>
+    __device__ __forceinline__ void hold(Held<NV, VEC>& h, int k, const T* q, int base, int limit,
+                                         bool aligned) const {
+        load_vec(q, base, limit, aligned, A(0), h.wq[k]);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) h.wq[k][i] = weighted(h.wq[k][i], base + i, limit);
+    }
+    template <int U, int VEC>
+    __device__ __forceinline__ void load(Vectors<U, VEC>& v, int u, const T* q, int base, int limit,
+                                         bool aligned) const {
+        load_vec(q, base, limit, aligned, A(0), v.q[u]);
+    }
+    // class c: w_c q_c (m - A_c) into t and w_c q_c into extra, over the classes of nonzero mass
+    template <typename H>
+    __device__ __forceinline__ void fold(const H& h, int k, int i, int c, int limit, A x, A shift, A& t,
+                                         A& ex) const {
+        const A w = wq(h, k, i, c);
+        (void)limit;
+        if (w != A(0)) {
+            t += w * (shift - x);
+            ex += w;
+        }
+    }
+    template <typename V, int VEC>
+    __device__ __forceinline__ void first_pass(const V& v, int u, int base, int limit, const A (&)[VEC], A& mass,
+                                               bool&) const {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            const A w = weighted(v.q[u][i], base + i, limit);
+            if (w != A(0)) mass += w;
+        }
+    }
+    __device__ __forceinline__ A first_pass_extra(A, A mass, bool) const { return mass; }
+    __device__ __forceinline__ void finish(long long) {}
+    // sum_c w_c q_c ((m - A_c) + log s)
+    __device__ __forceinline__ double loss(double t, double log_s, long long) const {
+        if (log_s != log_s) return log_s;  // a NaN logit gives NaN, even at zero target mass
+        const double m = double(extra);
+        return m != 0.0 ? t + m * log_s : t;
+    }
+    __device__ __forceinline__ A mass() const { return extra; }
+    // w_c q_c: held (cached), or from the vector loaded beside the logits (streamed)
+    template <int NV, int VEC>
+    __device__ __forceinline__ A wq(const Held<NV, VEC>& h, int k, int i, int) const { return h.wq[k][i]; }
+    template <int U, int VEC>
+    __device__ __forceinline__ A wq(const Vectors<U, VEC>& v, int u, int i, int c) const {
+        return weighted(v.q[u][i], c, c + 1);
+    }
+    __device__ __forceinline__ bool fill(double scale) const { return scale == 0.0; }
+    __device__ __forceinline__ A fill_value() const { return A(0); }
+};
 
-// ---------------------------------------------------------------------------------------
-// Cross-entropy with class indices.
-//
-// target: int64 class index per row; a row equal to ignore_index has loss 0 and gradient 0;
-// an index outside [0, C) (excluded by the checks above) is never read through: loss and
-// gradient are NaN. weight: C class weights or nullptr; weight_sum: sum_c w_c (float64,
-// computed on the device) or nullptr without weights. grad: nullptr for the loss alone,
-// else (N, C), which may be the logits themselves. scale: the factor in front of each
-// gradient (1/D for the mean), scale_value or, where scale_ptr is not null, the float64
-// it points to (D left on the device: nothing is read back for it); 0 writes zeros.
-// ---------------------------------------------------------------------------------------
-
-template <typename T, int NV, int MAX_THREADS>
-__global__ void __launch_bounds__(MAX_THREADS)
-xentcy_index_cached(const T* logits, const long long* __restrict__ target, const T* __restrict__ weight,
-                    const double* __restrict__ weight_sum, T* grad, double* __restrict__ loss,
-                    long long n_rows, long long C, int G, int aligned, double eps,
-                    long long ignore_index, double scale_value, const double* __restrict__ scale_ptr) {
+// One row of at most G * NV vectors a group, held in registers: one read of the logits
+// (and of the probabilities), one write of the gradient.
+template <typename Target, int NV, typename T>
+__device__ __forceinline__ void cached_rows(Target& tg, const T* logits, const T* target_rows, T* grad,
+                                            double* __restrict__ loss, long long n_rows, long long C, int G,
+                                            bool aligned, double scale_value, const double* scale_ptr) {
     using A = typename Acc<T>::type;
     constexpr int VEC = Pack<T>::VEC;
     __shared__ A smem[32][kMaxReduce];
-    const xentcy::RowSlot slot(G, n_rows);
-    const long long y = slot.active ? target[slot.row] : ignore_index;
-    const bool ignored = y == ignore_index;
-    const bool bad = !ignored && (y < 0 || y >= C);
-    const bool live = slot.active && !ignored && !bad;
-    const int limit = live ? int(C) : 0;  // a row that is not live is not read
-    const int yi = live ? int(y) : -1;
-    const T* a = logits + (live ? slot.row * C : 0);
+    const RowSlot slot(G, n_rows);
+    tg.begin(slot, C);
+    const bool reads = tg.reads(slot);
+    const int limit = reads ? int(C) : 0;  // a row that is not read reads nothing
+    const long long offset = reads ? slot.row * C : 0;
 
     A x[NV][VEC];
+    typename Target::template Held<NV, VEC> held;
 #pragma unroll
-    for (int k = 0; k < NV; ++k)
-        xentcy::load_vec(a, (k * G + slot.lane) * VEC, limit, aligned != 0, -xentcy::acc_inf(A(0)), x[k]);
+    for (int k = 0; k < NV; ++k) {
+        const int base = (k * G + slot.lane) * VEC;
+        load_vec(logits + offset, base, limit, aligned, -acc_inf(A(0)), x[k]);
+        tg.hold(held, k, target_rows + offset, base, limit, aligned);
+    }
+    const A shift = cached_shift(x, G, smem);
 
-    const A shift = xentcy::cached_shift(x, G, smem);
-
-    // part = {s as (ones, delta), sum_c w_c (m - A_c) (smoothing only), m - A_y}; x becomes exp(A_c - m)
+    // part = {s as (ones, delta), t, extra}; x becomes exp(A_c - m) (padding: exp(-inf) = 0)
     A part[4] = {A(0), A(0), A(0), A(0)};
 #pragma unroll
     for (int k = 0; k < NV; ++k) {
@@ -338,39 +493,26 @@ xentcy_index_cached(const T* logits, const long long* __restrict__ target, const
         for (int i = 0; i < VEC; ++i) {
             const int c = (k * G + slot.lane) * VEC + i;
             const A xi = x[k][i];
-            x[k][i] = A(0);
-            if (c < limit) {
-                x[k][i] = xentcy::acc_exp(xi - shift);
-                xentcy::add_term(part[0], part[1], xi, shift, x[k][i]);
-                if (eps != 0.0) {
-                    const A w_c = xentcy::weight_of<T, A>(weight, c);
-                    if (w_c != A(0)) part[2] += w_c * (shift - xi);
-                }
-                if (c == yi) part[3] = shift - xi;
-            }
+            x[k][i] = acc_exp(xi - shift);
+            add_term(part[0], part[1], xi, shift, x[k][i]);
+            tg.fold(held, k, i, c, limit, xi, shift, part[2], part[3]);
         }
     }
-    xentcy::group_reduce(part, G, xentcy::SumOp(), smem);
+    group_reduce(part, G, SumOp(), smem);
     if (!slot.active) return;  // no reduction follows
 
-    xentcy::IndexTarget tg;
-    tg.eps = eps;
-    tg.smooth = eps / double(C);
-    tg.w_y = (live && weight != nullptr) ? double(xentcy::to_acc(weight[y])) : 1.0;
-    tg.w_sum = weight_sum != nullptr ? *weight_sum : double(C);
-    const double log_s = double(xentcy::log_sum(part[0], part[1]));
-    if (slot.lane == 0)
-        loss[slot.row] = live ? tg.loss(double(part[3]), double(part[2]), log_s)
-                              : (bad ? xentcy::acc_nan(0.0) : 0.0);
+    tg.extra = part[3];
+    tg.finish(C);
+    if (slot.lane == 0) loss[slot.row] = tg.loss(double(part[2]), double(log_sum(part[0], part[1])), C);
     if (grad == nullptr) return;
 
-    // dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c); zeros for ignored rows and scale == 0
+    // dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c); one value where the row is filled
     // read late: a value held from the kernel's start would cost registers the row needs
-    const double scale = xentcy::scale_of(scale_value, scale_ptr);
-    const bool fill = !live || scale == 0.0;
-    const A fill_value = bad ? xentcy::acc_nan(A(0)) : A(0);
+    const double scale = scale_of(scale_value, scale_ptr);
+    const bool fill = tg.fill(scale);
+    const A fill_value = tg.fill_value();
     const A inv_s = A(1) / (part[0] + part[1]);
-    const A mass = A(tg.mass());
+    const A mass = tg.mass();
     const A sc = A(scale);
     T* g = grad + slot.row * C;
 #pragma unroll
@@ -382,81 +524,79 @@ xentcy_index_cached(const T* logits, const long long* __restrict__ target, const
             const int c = base + i;
             out[i] = fill_value;
             if (!fill && c < int(C))
-                out[i] = sc * xentcy::grad_term(x[k][i], inv_s, part[0], part[1], mass,
-                                                xentcy::index_wq<T, A>(weight, c, yi, tg));
+                out[i] = sc * grad_term(x[k][i], inv_s, part[0], part[1], mass, tg.wq(held, k, i, c));
         }
-        xentcy::store_vec(g, base, int(C), aligned != 0, out);
+        store_vec(g, base, int(C), aligned, out);
     }
 }
 
-template <typename T>
-__global__ void __launch_bounds__(1024)
-xentcy_index_streamed(const T* logits, const long long* __restrict__ target, const T* __restrict__ weight,
-                      const double* __restrict__ weight_sum, T* grad, double* __restrict__ loss,
-                      long long n_rows, long long C, int G, int aligned, double eps,
-                      long long ignore_index, double scale_value, const double* __restrict__ scale_ptr) {
+// Any C: pass 1 keeps an online max and sum, pass 2 reads the row again (mostly from L2),
+// for t and the gradient: two reads of the logits (and the probabilities) and one write.
+template <typename Target, typename T>
+__device__ __forceinline__ void streamed_rows(Target& tg, const T* logits, const T* target_rows, T* grad,
+                                              double* __restrict__ loss, long long n_rows, long long C, int G,
+                                              bool aligned, double scale_value, const double* scale_ptr) {
     using A = typename Acc<T>::type;
     constexpr int VEC = Pack<T>::VEC;
-    constexpr int U = xentcy::kInFlight<T>;  // vectors in flight per thread
+    constexpr int U = Target::kVectorsInFlight;  // vectors in flight per thread
     __shared__ A smem[32][kMaxReduce];
-    const xentcy::RowSlot slot(G, n_rows);
-    const long long y = slot.active ? target[slot.row] : ignore_index;
-    const bool ignored = y == ignore_index;
-    const bool bad = !ignored && (y < 0 || y >= C);
-    const bool live = slot.active && !ignored && !bad;
-    const int limit = live ? int(C) : 0;
-    const int yi = live ? int(y) : -1;
-    const T* a = logits + (live ? slot.row * C : 0);
+    const RowSlot slot(G, n_rows);
+    tg.begin(slot, C);
+    const bool reads = tg.reads(slot);
+    const int limit = reads ? int(C) : 0;
+    const long long offset = reads ? slot.row * C : 0;
+    const T* a = logits + offset;
+    const T* q = target_rows + offset;
     const int n_vec = int((C + VEC - 1) / VEC);
     const int step = G * U;
-    const A neg_inf = -xentcy::acc_inf(A(0));
+    const A neg_inf = -acc_inf(A(0));
 
-    // pass 1: online max and sum; the thread holding A_y keeps it
-    A m = neg_inf, ones = A(0), delta = A(0), a_y = A(0);
-    bool has_y = false;
-    for (int v0 = slot.lane; v0 < (live ? n_vec : 0); v0 += step) {
+    // pass 1: online max and sum, and the policy's first-pass value
+    A m = neg_inf, ones = A(0), delta = A(0), first = A(0);
+    bool has_first = false;
+    for (int v0 = slot.lane; v0 < (reads ? n_vec : 0); v0 += step) {
         A x[U][VEC];
-#pragma unroll
-        for (int u = 0; u < U; ++u) xentcy::load_vec(a, (v0 + u * G) * VEC, limit, aligned != 0, neg_inf, x[u]);
+        typename Target::template Vectors<U, VEC> vs;
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            xentcy::online_fold(m, ones, delta, x[u]);
             const int base = (v0 + u * G) * VEC;
-            if (yi >= base && yi < base + VEC) {
+            load_vec(a, base, limit, aligned, neg_inf, x[u]);
+            tg.load(vs, u, q, base, limit, aligned);
+        }
 #pragma unroll
-                for (int i = 0; i < VEC; ++i)
-                    if (base + i == yi) a_y = x[u][i];
-                has_y = true;
-            }
+        for (int u = 0; u < U; ++u) {
+            online_fold(m, ones, delta, x[u]);
+            tg.first_pass(vs, u, (v0 + u * G) * VEC, limit, x[u], first, has_first);
         }
     }
     A shift, sum_ones, sum_delta;
-    xentcy::combine_online(m, ones, delta, G, smem, shift, sum_ones, sum_delta);
-    A part[1] = {has_y ? shift - a_y : A(0)};
-    xentcy::group_reduce(part, G, xentcy::SumOp(), smem);
+    combine_online(m, ones, delta, G, smem, shift, sum_ones, sum_delta);
+    A ex[1] = {tg.first_pass_extra(shift, first, has_first)};
+    group_reduce(ex, G, SumOp(), smem);
+    tg.extra = ex[0];
+    tg.finish(C);
 
-    xentcy::IndexTarget tg;
-    tg.eps = eps;
-    tg.smooth = eps / double(C);
-    tg.w_y = (live && weight != nullptr) ? double(xentcy::to_acc(weight[y])) : 1.0;
-    tg.w_sum = weight_sum != nullptr ? *weight_sum : double(C);
-
-    // pass 2: sum_c w_c (m - A_c) for smoothing, and the gradient
+    // pass 2: t, and the gradient
     A t[1] = {A(0)};
-    if (eps != 0.0 || grad != nullptr) {
+    if (tg.smoothing() || grad != nullptr) {
         // read late: a value held from the kernel's start would cost registers the row needs
-        const double scale = xentcy::scale_of(scale_value, scale_ptr);
-        const bool fill = !live || scale == 0.0;
-        const A fill_value = bad ? xentcy::acc_nan(A(0)) : A(0);
+        const double scale = scale_of(scale_value, scale_ptr);
+        const bool fill = tg.fill(scale);
+        const A fill_value = tg.fill_value();
         const A inv_s = A(1) / (sum_ones + sum_delta);
-        const A mass = A(tg.mass());
+        const A mass = tg.mass();
         const A sc = A(scale);
         T* g = grad != nullptr && slot.active ? grad + slot.row * C : nullptr;
-        const int end = g != nullptr ? n_vec : (live ? n_vec : 0);
+        const int end = g != nullptr || reads ? n_vec : 0;
         for (int v0 = slot.lane; v0 < end; v0 += step) {
             A x[U][VEC];
+            typename Target::template Vectors<U, VEC> vs;
 #pragma unroll
-            for (int u = 0; u < U; ++u) xentcy::load_vec(a, (v0 + u * G) * VEC, limit, aligned != 0, neg_inf, x[u]);
+            for (int u = 0; u < U; ++u) {
+                const int base = (v0 + u * G) * VEC;
+                load_vec(a, base, limit, aligned, neg_inf, x[u]);
+                tg.load(vs, u, q, base, limit, aligned);
+            }
 #pragma unroll
             for (int u = 0; u < U; ++u) {
                 const int base = (v0 + u * G) * VEC;
@@ -466,184 +606,74 @@ xentcy_index_streamed(const T* logits, const long long* __restrict__ target, con
                     const int c = base + i;
                     out[i] = fill_value;
                     if (c < limit) {
-                        if (eps != 0.0) {
-                            const A w_c = xentcy::weight_of<T, A>(weight, c);
-                            if (w_c != A(0)) t[0] += w_c * (shift - x[u][i]);
-                        }
+                        A unused = A(0);
+                        tg.fold(vs, u, i, c, limit, x[u][i], shift, t[0], unused);
                         if (!fill)
-                            out[i] = sc * xentcy::grad_term(xentcy::acc_exp(x[u][i] - shift), inv_s, sum_ones,
-                                                            sum_delta, mass,
-                                                            xentcy::index_wq<T, A>(weight, c, yi, tg));
+                            out[i] = sc * grad_term(acc_exp(x[u][i] - shift), inv_s, sum_ones, sum_delta, mass,
+                                                    tg.wq(vs, u, i, c));
                     }
                 }
-                if (g != nullptr) xentcy::store_vec(g, base, int(C), aligned != 0, out);
+                if (g != nullptr) store_vec(g, base, int(C), aligned, out);
             }
         }
-        if (eps != 0.0) xentcy::group_reduce(t, G, xentcy::SumOp(), smem);
+        if (tg.smoothing()) group_reduce(t, G, SumOp(), smem);
     }
-    if (slot.active && slot.lane == 0) {
-        const double log_s = double(xentcy::log_sum(sum_ones, sum_delta));
-        loss[slot.row] = live ? tg.loss(double(part[0]), double(t[0]), log_s)
-                              : (bad ? xentcy::acc_nan(0.0) : 0.0);
-    }
+    if (slot.active && slot.lane == 0)
+        loss[slot.row] = tg.loss(double(t[0]), double(log_sum(sum_ones, sum_delta)), C);
 }
 
+}  // namespace xentcy
+
+using xentcy::Acc;
+using xentcy::kMaxReduce;
+using xentcy::Pack;
+
 // ---------------------------------------------------------------------------------------
-// Cross-entropy with class probabilities q (N, C) in the logits' dtype, smoothed to
-// (1 - eps) q + eps / C. Arguments as above.
+// Cross-entropy: loss and gradient, the entry points of the two kernels above for each
+// kind of target. weight: C class weights or nullptr. grad: nullptr for the loss alone,
+// else (N, C), which may be the logits themselves. scale: the factor in front of each
+// gradient (1/D for the mean), scale_value or, where scale_ptr is not null, the float64
+// it points to (D left on the device: nothing is read back for it); 0 writes zeros.
 // ---------------------------------------------------------------------------------------
+
+#define XENTCY_INDEX_ARGS                                                                              \
+    const T *logits, const long long *__restrict__ target, const T *__restrict__ weight,               \
+        const double *__restrict__ weight_sum, T *grad, double *__restrict__ loss, long long n_rows,   \
+        long long C, int G, int aligned, double eps, long long ignore_index, double scale_value,       \
+        const double *__restrict__ scale_ptr
+#define XENTCY_PROB_ARGS                                                                               \
+    const T *logits, const T *target, const T *__restrict__ weight, T *grad,                           \
+        double *__restrict__ loss, long long n_rows, long long C, int G, int aligned, double eps,      \
+        double scale_value, const double *__restrict__ scale_ptr
 
 template <typename T, int NV, int MAX_THREADS>
-__global__ void __launch_bounds__(MAX_THREADS)
-xentcy_prob_cached(const T* logits, const T* target, const T* __restrict__ weight, T* grad,
-                   double* __restrict__ loss, long long n_rows, long long C, int G, int aligned,
-                   double eps, double scale_value, const double* __restrict__ scale_ptr) {
-    using A = typename Acc<T>::type;
-    constexpr int VEC = Pack<T>::VEC;
-    __shared__ A smem[32][kMaxReduce];
-    const xentcy::RowSlot slot(G, n_rows);
-    const int limit = slot.active ? int(C) : 0;
-    const long long offset = slot.active ? slot.row * C : 0;
-    const A one_minus_eps = A(1.0 - eps), smooth = A(eps / double(C));
-
-    A x[NV][VEC], wq[NV][VEC];
-#pragma unroll
-    for (int k = 0; k < NV; ++k) {
-        const int base = (k * G + slot.lane) * VEC;
-        xentcy::load_vec(logits + offset, base, limit, aligned != 0, -xentcy::acc_inf(A(0)), x[k]);
-        xentcy::load_vec(target + offset, base, limit, aligned != 0, A(0), wq[k]);
-#pragma unroll
-        for (int i = 0; i < VEC; ++i)  // w_c q_c with q smoothed; 0 past the row
-            wq[k][i] = base + i < limit
-                           ? (one_minus_eps * wq[k][i] + smooth) * xentcy::weight_of<T, A>(weight, base + i)
-                           : A(0);
-    }
-
-    const A shift = xentcy::cached_shift(x, G, smem);
-
-    // part = {s as (ones, delta), sum_c w_c q_c (m - A_c), sum_c w_c q_c}, zero-mass classes skipped
-    A part[4] = {A(0), A(0), A(0), A(0)};
-#pragma unroll
-    for (int k = 0; k < NV; ++k) {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-            const A xi = x[k][i];
-            x[k][i] = xentcy::acc_exp(xi - shift);  // padding: exp(-inf) = 0
-            xentcy::add_term(part[0], part[1], xi, shift, x[k][i]);
-            if (wq[k][i] != A(0)) {
-                part[2] += wq[k][i] * (shift - xi);
-                part[3] += wq[k][i];
-            }
-        }
-    }
-    xentcy::group_reduce(part, G, xentcy::SumOp(), smem);
-    if (!slot.active) return;
-
-    if (slot.lane == 0)
-        loss[slot.row] = xentcy::prob_loss(double(part[2]), double(part[3]),
-                                           double(xentcy::log_sum(part[0], part[1])));
-    if (grad == nullptr) return;
-
-    // dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c)
-    const A inv_s = A(1) / (part[0] + part[1]);
-    // read late: a value held from the kernel's start would cost registers the row needs
-    const A sc = A(xentcy::scale_of(scale_value, scale_ptr));
-    const bool zero = sc == A(0);
-    T* g = grad + slot.row * C;
-#pragma unroll
-    for (int k = 0; k < NV; ++k) {
-        A out[VEC];
-#pragma unroll
-        for (int i = 0; i < VEC; ++i)
-            out[i] = zero ? A(0) : sc * xentcy::grad_term(x[k][i], inv_s, part[0], part[1], part[3], wq[k][i]);
-        xentcy::store_vec(g, (k * G + slot.lane) * VEC, int(C), aligned != 0, out);
-    }
+__global__ void __launch_bounds__(MAX_THREADS) xentcy_index_cached(XENTCY_INDEX_ARGS) {
+    xentcy::IndexTarget<T> tg{target, weight, weight_sum, ignore_index, eps};
+    xentcy::cached_rows<xentcy::IndexTarget<T>, NV>(tg, logits, logits, grad, loss, n_rows, C, G, aligned != 0,
+                                                    scale_value, scale_ptr);
 }
 
 template <typename T>
-__global__ void __launch_bounds__(1024)
-xentcy_prob_streamed(const T* logits, const T* target, const T* __restrict__ weight, T* grad,
-                     double* __restrict__ loss, long long n_rows, long long C, int G, int aligned,
-                     double eps, double scale_value, const double* __restrict__ scale_ptr) {
-    using A = typename Acc<T>::type;
-    constexpr int VEC = Pack<T>::VEC;
-    constexpr int U = xentcy::kInFlight<T> > 1 ? xentcy::kInFlight<T> / 2 : 1;  // (logits, target) pairs in flight
-    __shared__ A smem[32][kMaxReduce];
-    const xentcy::RowSlot slot(G, n_rows);
-    const int limit = slot.active ? int(C) : 0;
-    const long long offset = slot.active ? slot.row * C : 0;
-    const T* a = logits + offset;
-    const T* q = target + offset;
-    const int n_vec = int((C + VEC - 1) / VEC);
-    const int step = G * U;
-    const A neg_inf = -xentcy::acc_inf(A(0));
-    const A one_minus_eps = A(1.0 - eps), smooth = A(eps / double(C));
-
-    // pass 1: online max and sum of the logits, and sum_c w_c q_c
-    A m = neg_inf, ones = A(0), delta = A(0), mass[1] = {A(0)};
-    for (int v0 = slot.lane; v0 < (slot.active ? n_vec : 0); v0 += step) {
-        A x[U][VEC], qv[U][VEC];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int base = (v0 + u * G) * VEC;
-            xentcy::load_vec(a, base, limit, aligned != 0, neg_inf, x[u]);
-            xentcy::load_vec(q, base, limit, aligned != 0, A(0), qv[u]);
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            xentcy::online_fold(m, ones, delta, x[u]);
-            const int base = (v0 + u * G) * VEC;
-#pragma unroll
-            for (int i = 0; i < VEC; ++i) {
-                if (base + i < limit) {
-                    const A wq = (one_minus_eps * qv[u][i] + smooth) * xentcy::weight_of<T, A>(weight, base + i);
-                    if (wq != A(0)) mass[0] += wq;
-                }
-            }
-        }
-    }
-    A shift, sum_ones, sum_delta;
-    xentcy::combine_online(m, ones, delta, G, smem, shift, sum_ones, sum_delta);
-    xentcy::group_reduce(mass, G, xentcy::SumOp(), smem);
-
-    // pass 2: sum_c w_c q_c (m - A_c), and the gradient
-    const A inv_s = A(1) / (sum_ones + sum_delta);
-    // read late: a value held from the kernel's start would cost registers the row needs
-    const double scale = xentcy::scale_of(scale_value, scale_ptr);
-    const A sc = A(scale);
-    T* g = grad != nullptr && slot.active ? grad + slot.row * C : nullptr;
-    A t[1] = {A(0)};
-    for (int v0 = slot.lane; v0 < (slot.active ? n_vec : 0); v0 += step) {
-        A x[U][VEC], qv[U][VEC];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int base = (v0 + u * G) * VEC;
-            xentcy::load_vec(a, base, limit, aligned != 0, neg_inf, x[u]);
-            xentcy::load_vec(q, base, limit, aligned != 0, A(0), qv[u]);
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int base = (v0 + u * G) * VEC;
-            A out[VEC];
-#pragma unroll
-            for (int i = 0; i < VEC; ++i) {
-                out[i] = A(0);
-                if (base + i < limit) {
-                    const A wq = (one_minus_eps * qv[u][i] + smooth) * xentcy::weight_of<T, A>(weight, base + i);
-                    if (wq != A(0)) t[0] += wq * (shift - x[u][i]);
-                    if (scale != 0.0)
-                        out[i] = sc * xentcy::grad_term(xentcy::acc_exp(x[u][i] - shift), inv_s, sum_ones, sum_delta,
-                                                        mass[0], wq);
-                }
-            }
-            if (g != nullptr) xentcy::store_vec(g, base, int(C), aligned != 0, out);
-        }
-    }
-    xentcy::group_reduce(t, G, xentcy::SumOp(), smem);
-    if (slot.active && slot.lane == 0)
-        loss[slot.row] = xentcy::prob_loss(double(t[0]), double(mass[0]),
-                                           double(xentcy::log_sum(sum_ones, sum_delta)));
+__global__ void __launch_bounds__(1024) xentcy_index_streamed(XENTCY_INDEX_ARGS) {
+    xentcy::IndexTarget<T> tg{target, weight, weight_sum, ignore_index, eps};
+    xentcy::streamed_rows(tg, logits, logits, grad, loss, n_rows, C, G, aligned != 0, scale_value, scale_ptr);
 }
+
+template <typename T, int NV, int MAX_THREADS>
+__global__ void __launch_bounds__(MAX_THREADS) xentcy_prob_cached(XENTCY_PROB_ARGS) {
+    xentcy::ProbTarget<T> tg{target, weight, eps};
+    xentcy::cached_rows<xentcy::ProbTarget<T>, NV>(tg, logits, target, grad, loss, n_rows, C, G, aligned != 0,
+                                                   scale_value, scale_ptr);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(1024) xentcy_prob_streamed(XENTCY_PROB_ARGS) {
+    xentcy::ProbTarget<T> tg{target, weight, eps};
+    xentcy::streamed_rows(tg, logits, target, grad, loss, n_rows, C, G, aligned != 0, scale_value, scale_ptr);
+}
+
+#undef XENTCY_INDEX_ARGS
+#undef XENTCY_PROB_ARGS
 
 // ---------------------------------------------------------------------------------------
 // softmax (log_space == 0) or log_softmax (log_space != 0) of each row into out (N, C):
