@@ -24,6 +24,7 @@ from libc.math cimport INFINITY, NAN, isinf
 from libc.stddef cimport ptrdiff_t
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
 import numpy as np
 
@@ -223,6 +224,14 @@ cdef _check_gradient(const floating[:, :] G, Py_ssize_t N, Py_ssize_t C):
         _check_rows("G", G, N, C)
 
 
+cdef void _set_logits(xent_args* k, const floating[:, :] A) noexcept:
+    """k zeroed, then the (N, C) logits rows it reads."""
+    memset(k, 0, sizeof(xent_args))
+    k.A = <const char*>&A[0, 0]
+    k.a_stride = A.strides[0]
+    k.C = A.shape[1]
+
+
 def cross_entropy_index(
     const floating[:, :] A,             # IN  (N, C) logits
     const Py_ssize_t[::1] y,            # IN  (N,) class indices
@@ -246,10 +255,8 @@ def cross_entropy_index(
     _check_length("y", y.shape[0], N)
     if N == 0:
         return
-    k.A = <const char*>&A[0, 0]
-    k.a_stride = A.strides[0]
+    _set_logits(&k, A)
     k.y = <const ptrdiff_t*>&y[0]
-    k.Q = NULL
     k.w = &weight[0] if weight is not None else NULL
     k.w_sum = weight_sum if weight is not None else C
     k.eps, k.scale, k.ignore_index = eps, scale, ignore_index
@@ -274,9 +281,7 @@ def cross_entropy_prob(
     _check_rows("Q", Q, N, C)
     if N == 0:
         return
-    k.A = <const char*>&A[0, 0]
-    k.a_stride = A.strides[0]
-    k.y = NULL
+    _set_logits(&k, A)
     k.Q = <const char*>&Q[0, 0]
     k.q_stride = Q.strides[0]
     k.w = &weight[0] if weight is not None else NULL
@@ -305,17 +310,13 @@ def evaluate_index(
     _check_length("entropy", entropy.shape[0], N)
     if N == 0:
         return
-    k.A = <const char*>&A[0, 0]
-    k.a_stride = A.strides[0]
+    _set_logits(&k, A)
     k.y = <const ptrdiff_t*>&y[0]
-    k.Q = NULL
     k.w = &weight[0] if weight is not None else NULL
     k.ignore_index = ignore_index
-    k.rows_out = NULL
     k.per_row_out = &loss[0]
     k.rank = <ptrdiff_t*>&rank[0]
     k.entropy = &entropy[0]
-    k.C = C
     with nogil:
         _run(_kernels.evaluate[_dtype(<floating*>NULL)], &k, N, _threads(N, C), NULL, 0)
 
@@ -332,13 +333,11 @@ def compare_rows(const floating[:, :] A, const floating[:, :] B, double[::1] kl,
     _check_length("agree", agree.shape[0], N)
     if N == 0:
         return
-    k.A = <const char*>&A[0, 0]
-    k.a_stride = A.strides[0]
+    _set_logits(&k, A)
     k.Q = <const char*>&B[0, 0]
     k.q_stride = B.strides[0]
     k.per_row_out = &kl[0]
     k.rank = <ptrdiff_t*>&agree[0]
-    k.C = C
     with nogil:
         _run(_kernels.compare[_dtype(<floating*>NULL)], &k, N, _threads(N, 2 * C), NULL, 0)
 
@@ -351,11 +350,9 @@ def softmax(const floating[:, :] A, floating[:, :] out, bint log_space):
     _check_rows("out", out, N, C)
     if N == 0 or C == 0:
         return
-    k.A = <const char*>&A[0, 0]
-    k.a_stride = A.strides[0]
+    _set_logits(&k, A)
     k.rows_out = <char*>&out[0, 0]
     k.rows_out_stride = out.strides[0]
-    k.C = C
     k.log_space = log_space
     _run_with_scratch(_kernels.softmax[_dtype(<floating*>NULL)], &k, N, C, sizeof(floating))
 
@@ -372,10 +369,8 @@ def logsumexp(const floating[:, :] A, floating[::1] out):
         return
     if N == 0:
         return
-    k.A = <const char*>&A[0, 0]
-    k.a_stride = A.strides[0]
+    _set_logits(&k, A)
     k.per_row_out = &out[0]
-    k.C = C
     with nogil:
         _run(_kernels.logsumexp[_dtype(<floating*>NULL)], &k, N, _threads(N, C), NULL, 0)
 
@@ -492,6 +487,7 @@ cdef XLA_FFI_Error* _xla_cross_entropy(XLA_FFI_CallFrame* frame) noexcept nogil:
         if c.y != NULL:
             for i in range(N):
                 y[i] = <ptrdiff_t>xent_xla_index(&c, i)
+        memset(&k, 0, sizeof(xent_args))
         k.A = c.A
         k.a_stride = C * itemsize
         k.y = y

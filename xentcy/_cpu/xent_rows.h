@@ -794,13 +794,254 @@ XI void XN(tr_out)(const V* in, ptrdiff_t C, T* dst) {
 #define XENT_UNROLL _Pragma("GCC unroll 16")
 
 /* Few classes: the rows [r0, r0 + W) go one per lane, classes in a loop, so
- * that every vector operation is useful. at[c] holds class c of the W rows. */
-XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdiff_t end, const ptrdiff_t C) {
+ * that every vector operation is useful. A block of W rows, transposed: at[c] holds class c
+ * of the W rows (the logits, then exp(A_c - m), then the gradient), qt[c] the targets'
+ * probabilities (then w_c q_c), and per lane: */
+typedef struct {
+    IV y;     /* the class index, -1 where ignored (or past the last row), -2 where it is
+               * outside [0, C) (such a row reads nothing and gets NaN) */
+    IV keep;  /* the rows that count (a class index in [0, C)) */
+    V a_y;    /* A_y, and w_y (0 where not kept) */
+    V w_y;
+} XN(lanes_t);
+
+/* The block in, one value at a time into lane buffers, then assigned to the vectors whole
+ * (indexing their lanes would keep them in memory on every path); lanes past the last row
+ * repeat row r0 and are never stored. */
+XI XN(lanes_t) XN(small_load)(const xent_args* k, ptrdiff_t r0, ptrdiff_t nl, const ptrdiff_t C, V* at, V* qt) {
     const T* w = (const T*)k->w;
-    T onem = (T)(1.0 - k->eps), smooth = (T)(k->eps / k->C), scale = (T)k->scale;
-    /* (eps = 0 where eps / C rounds to 0 in T, xentcy._checks: smooth != 0 with smoothing) */
-    const int smoothing = k->eps != 0.0;
-    V at[XENT_SMALL_C], qt[XENT_SMALL_C], zero = XN(splat)(0);
+    V ab[XENT_SMALL_C], qb[XENT_SMALL_C], zero = XN(splat)(0);
+    XN(lanes_t) ln = {(IV){0} - 1, (IV){0}, zero, zero};
+    for (ptrdiff_t l = 0; l < W; l++) {
+        ptrdiff_t i = r0 + (l < nl ? l : 0);
+        const T* a = ROW(k->A, k->a_stride, i);
+        for (ptrdiff_t c = 0; c < C; c++)
+            ab[c][l] = a[c];
+        if (k->Q) {
+            const T* q = ROW(k->Q, k->q_stride, i);
+            for (ptrdiff_t c = 0; c < C; c++)
+                qb[c][l] = q[c];
+        } else if (k->y[i] != k->ignore_index) {
+            if ((size_t)k->y[i] < (size_t)C) {
+                ln.y[l] = (XN(int_t))k->y[i];
+                ln.keep[l] = -1;
+                ln.a_y[l] = a[k->y[i]];
+                ln.w_y[l] = w ? w[k->y[i]] : 1;
+            } else {
+                ln.y[l] = -2;  /* outside [0, C): read nothing, a NaN row */
+            }
+        }
+    }
+    XENT_UNROLL
+    for (ptrdiff_t c = 0; c < C; c++) {
+        at[c] = ab[c];
+        qt[c] = k->Q ? qb[c] : zero;
+    }
+    return ln;
+}
+
+#if XENT_AVX512 && XENT_F32
+/* The block in through the in-register transposes (a whole block of contiguous rows), and
+ * the targets without a scalar loop. */
+XI XN(lanes_t) XN(small_load_transposed)(const xent_args* k, const XN(trp_t)* trp, ptrdiff_t r0, const ptrdiff_t C,
+                                         V* at, V* qt) {
+    const T* w = (const T*)k->w;
+    V zero = XN(splat)(0);
+    XN(lanes_t) ln = {(IV){0} - 1, (IV){0}, zero, zero};
+    if (C >= XENT_TR16_C)
+        XN(tr_in)(ROW(k->A, k->a_stride, r0), C, at);
+    else
+        XN(trp_in)(trp, ROW(k->A, k->a_stride, r0), C, at);
+    if (k->Q) {
+        if (C >= XENT_TR16_C)
+            XN(tr_in)(ROW(k->Q, k->q_stride, r0), C, qt);
+        else
+            XN(trp_in)(trp, ROW(k->Q, k->q_stride, r0), C, qt);
+        return ln;
+    }
+    /* kept lanes, y (-1 where ignored), A_y, w_y */
+    __m512i ign = _mm512_set1_epi64((long long)k->ignore_index);
+    __m512i y0 = _mm512_loadu_si512(k->y + r0), y1 = _mm512_loadu_si512(k->y + r0 + 8);
+    __m512i nc = _mm512_set1_epi64((long long)C);
+    __mmask16 kept = _mm512_kunpackb(_mm512_cmpneq_epi64_mask(y1, ign), _mm512_cmpneq_epi64_mask(y0, ign));
+    /* kept indices outside [0, C) (unsigned: negative ones too) read nothing: NaN rows */
+    __mmask16 oob = kept & _mm512_kunpackb(_mm512_cmpge_epu64_mask(y1, nc), _mm512_cmpge_epu64_mask(y0, nc));
+    __m512i y32 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(y0)),
+                                     _mm512_cvtepi64_epi32(y1), 1);
+    kept &= (__mmask16)~oob;
+    ln.y = (IV)_mm512_mask_mov_epi32(_mm512_set1_epi32(-1), kept, y32);
+    ln.y = (IV)_mm512_mask_mov_epi32((__m512i)ln.y, oob, _mm512_set1_epi32(-2));
+    ln.keep = (IV)_mm512_movm_epi32(kept);
+    ln.w_y = w ? zero : (V)_mm512_maskz_mov_ps(kept, _mm512_set1_ps(1.0f));
+    XENT_UNROLL
+    for (ptrdiff_t c = 0; c < C; c++) {
+        IV is_c = ln.y == (IV){0} + (int32_t)c;
+        ln.a_y = XN(select)(is_c, at[c], ln.a_y);
+        if (w)
+            ln.w_y = XN(select)(is_c, XN(splat)(w[c]), ln.w_y);
+    }
+    return ln;
+}
+#endif
+
+/* What every block of a call shares, computed once. */
+typedef struct {
+    const T* w;
+    T onem, smooth, scale;  /* 1 - eps, eps / C, the gradient's factor */
+    int smoothing;          /* eps != 0 (eps = 0 where eps / C rounds to 0 in T, xentcy._checks:
+                             * smooth != 0 with smoothing) */
+} XN(small_call_t);
+
+/* What the loss of a block leaves for its gradient. */
+typedef struct {
+    V s, s1;      /* s = sum_c exp(A_c - m), and s - 1 with its digits however small */
+    V total;      /* sum_c w_c q_c */
+    V fill;       /* what a row that is not computed holds: 0 where ignored, NaN for a bad index */
+    IV at_max;    /* class indices: the lanes whose target is at the (finite) max */
+} XN(block_sums_t);
+
+/* The losses of a block; at[c] becomes exp(A_c - m) and qt[c] w_c q_c (probabilities). */
+XI V XN(small_loss)(const xent_args* k, const XN(small_call_t)* sc, const XN(lanes_t)* ln, const ptrdiff_t C, V* at,
+                    V* qt, XN(block_sums_t)* out) {
+    const T* w = sc->w;
+    const T onem = sc->onem, smooth = sc->smooth;
+    const int smoothing = sc->smoothing;
+    V m = XN(splat)(-INFINITY), zero = XN(splat)(0), s = zero, t = zero, total = zero, loss;
+    /* m = max_c A_c, a non-finite max shifting by 0 */
+    XENT_UNROLL
+    for (ptrdiff_t c = 0; c < C; c++)
+        m = XN(max)(at[c], m);
+    IV m_finite = XN(isfinite)(m);
+    m = XN(select)(m_finite, m, zero);
+    /* (each loop over the classes tests nothing inside, so that for a constant C it
+     * unrolls and the class vectors stay in registers) */
+    if (k->Q) {
+        /* w_c q_c, and t = sum_c w_c q_c (m - A_c) over the classes of nonzero mass */
+        XENT_UNROLL
+        for (ptrdiff_t c = 0; c < C; c++) {
+            V wq = (qt[c] * onem + smooth) * (w ? w[c] : 1);
+            qt[c] = wq;
+            total += wq;
+            t += XN(select)(wq != 0, wq * (m - at[c]), zero);
+        }
+    } else if (smoothing) {
+        /* t = sum_c w_c (m - A_c), for the smoothing term */
+        for (ptrdiff_t c = 0; c < C; c++)
+            if ((w ? w[c] : 1) != 0)
+                t += (m - at[c]) * (w ? w[c] : 1);
+    }
+    /* at[c] becomes exp(A_c - m); s = sum_c exp(A_c - m), and s1 = s - 1 with its digits
+     * however small: summed apart from the terms at the max, which are exactly 1 */
+    V s1;
+    IV at_max = (IV){0};
+    if (k->Q) {
+        /* every class at the max left out of s and counted */
+        IV n_max = (IV){0};
+        XENT_UNROLL
+        for (ptrdiff_t c = 0; c < C; c++) {
+            V x = at[c] - m;
+            IV is_max = x == 0;
+            at[c] = XN(exp)(x);
+            s += XN(select)(is_max, zero, at[c]);
+            n_max -= is_max;
+        }
+        /* the count as a float, through the magic number (it is small) */
+        V kf = (V)((UV)n_max | (UV)XN(splat)(XENT_MAGIC)) - XENT_MAGIC;
+        s1 = (kf - 1) + s;
+        s = kf + s;
+    } else {
+        /* the target's term left out of s where it is the max: there at[y] = 0 */
+        at_max = ln->keep & m_finite & (ln->a_y == m);
+        IV y_max = ln->y | ~at_max, cv = (IV){0};  /* y there, -1 elsewhere; cv: c in every lane */
+        XENT_UNROLL
+        for (ptrdiff_t c = 0; c < C; c++) {
+            at[c] = XN(select)(y_max == cv, zero, XN(exp)(at[c] - m));
+            s += at[c];
+            cv += 1;
+        }
+        s1 = XN(select)(at_max, s, s - 1);
+        s = XN(select)(at_max, s + 1, s);
+    }
+    V log_s = XN(log1p_of)(s, s1), wy1 = onem * ln->w_y;
+    V fill = (V)((ln->y == -2) & (IV)XN(splat)(NAN));
+    if (k->Q) {
+        /* loss = sum_c w_c q_c ((m - A_c) + log s) */
+        /* s - s: 0, or NaN where a logit is NaN (or +inf), which then gives NaN even at zero mass */
+        loss = XN(select)(total != 0, t + total * log_s, t + (s - s));
+    } else {
+        /* (1 - eps) w_y ((m - A_y) + log s), skipped at zero mass, and
+         * the smoothing term (eps / C) (sum_c w_c (m - A_c) + log s sum_c w_c) */
+        loss = XN(select)(wy1 != 0, wy1 * ((m - ln->a_y) + log_s), s - s);  /* s - s: as above */
+        if (smoothing)
+            loss += smooth * (t + (k->w_sum != 0 ? (T)k->w_sum * log_s : zero));
+        loss = XN(select)(ln->keep, loss, fill);
+        /* without smoothing, a weight of a class of zero mass (NaN or inf too) adds nothing */
+        total = smoothing ? wy1 + smooth * (T)k->w_sum : wy1;
+    }
+    out->s = s;
+    out->s1 = s1;
+    out->total = total;
+    out->fill = fill;
+    out->at_max = at_max;
+    return loss;
+}
+
+/* The gradient of a block into at[c]: dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c), as the
+ * row path forms it. */
+XI void XN(small_gradient)(const xent_args* k, const XN(small_call_t)* sc, const XN(lanes_t)* ln,
+                           const XN(block_sums_t)* b, const ptrdiff_t C, V* at, const V* qt) {
+    const T* w = sc->w;
+    const T onem = sc->onem, smooth = sc->smooth, scale = sc->scale;
+    const int smoothing = sc->smoothing;
+    V zero = XN(splat)(0), s = b->s, s1 = b->s1, total = b->total, fill = b->fill;
+    V k1 = 1 / s * total, mass;
+    if (scale == 0) {
+        for (ptrdiff_t c = 0; c < C; c++)
+            at[c] = fill;
+    } else if (k->Q) {
+        /* k1 + k1_lo = sum_k w_k q_k / s to twice the precision (k1 >= total / 2 where
+         * s <= 2, so total - k1 is exact; 0 where not finite): at a class at the max,
+         * e_c = 1, so (k1 - w_c q_c) is exact too, and the gradient keeps its digits
+         * where w_c q_c is all of the mass (one-hot targets). total (s - 1) / s as
+         * (s - 1) k1: no second division (one costs more than the rest of a C = 3 row's
+         * gradient), and what it leaves out, (s - 1) k1_lo, is below ulp(k1_lo) */
+        V k1_lo = (total - k1) - s1 * k1;
+        k1_lo = XN(select)(XN(isfinite)(k1_lo), k1_lo, zero);
+        XENT_UNROLL
+        for (ptrdiff_t c = 0; c < C; c++)
+            at[c] = scale * ((at[c] * k1 - qt[c]) + at[c] * k1_lo);
+    } else {
+        V mass_y = onem * ln->w_y + smooth * ln->w_y;
+        /* where y is at the max (at[y] = 0 there), the mass that makes its gradient
+         * (eps / C)(sum_k w_k - w_y) - total (s - 1) / s: p_y - 1 = -(s - 1) / s, and
+         * total (s - 1) / s = (s - 1) k1 (no second division) */
+        V delta = smoothing ? smooth * ((T)k->w_sum - ln->w_y) : zero;
+        mass_y = XN(select)(b->at_max, s1 * k1 - delta, mass_y);
+        const T* w_off = smoothing ? w : NULL;  /* off the target, q_c = 0 without smoothing */
+        XENT_UNROLL
+        for (ptrdiff_t c = 0; c < C; c++) {
+            mass = XN(select)(ln->y == (IV){0} + (XN(int_t))c, mass_y, XN(splat)((w_off ? w_off[c] : 1) * smooth));
+            at[c] = XN(select)(ln->keep, scale * (at[c] * k1 - mass), fill);
+        }
+    }
+}
+
+/* The block's gradient out, one value at a time from lane buffers (nl rows). */
+XI void XN(small_store)(const xent_args* k, ptrdiff_t r0, ptrdiff_t nl, const ptrdiff_t C, const V* at) {
+    V gb[XENT_SMALL_C];
+    XENT_UNROLL
+    for (ptrdiff_t c = 0; c < C; c++)
+        gb[c] = at[c];
+    for (ptrdiff_t l = 0; l < nl; l++) {
+        T* g = OUT_ROW(k->rows_out, k->rows_out_stride, r0 + l);
+        for (ptrdiff_t c = 0; c < C; c++)
+            g[c] = gb[c][l];
+    }
+}
+
+XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdiff_t end, const ptrdiff_t C) {
+    const XN(small_call_t) sc = {(const T*)k->w, (T)(1.0 - k->eps), (T)(k->eps / k->C), (T)k->scale, k->eps != 0.0};
+    V at[XENT_SMALL_C], qt[XENT_SMALL_C];
     double* loss_out = (double*)k->per_row_out;
 #if XENT_AVX512 && XENT_F32
     /* contiguous rows (and gradient rows): whole blocks go through the in-register transposes */
@@ -813,194 +1054,24 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
 #endif
     for (ptrdiff_t r0 = begin; r0 < end; r0 += W) {
         ptrdiff_t nl = end - r0 < W ? end - r0 : W;
-        /* y: the class index of each lane, -1 where ignored (or past the last row), -2 where
-         * it is outside [0, C) (such a row reads nothing and gets NaN) */
-        IV y = (IV){0} - 1, keep = (IV){0};
-        V m = XN(splat)(-INFINITY), s = zero, t = zero, total = zero, a_y = zero, w_y = zero, loss;
-        int block_in = 0;
+        int transposed = 0;  /* the block came in (and goes out) through the transposes */
+        XN(lanes_t) ln;
 #if XENT_AVX512 && XENT_F32
-        if (tr && nl == W) {
-            if (C >= XENT_TR16_C)
-                XN(tr_in)(ROW(k->A, k->a_stride, r0), C, at);
-            else
-                XN(trp_in)(&trp, ROW(k->A, k->a_stride, r0), C, at);
-            if (k->Q) {
-                if (C >= XENT_TR16_C)
-                    XN(tr_in)(ROW(k->Q, k->q_stride, r0), C, qt);
-                else
-                    XN(trp_in)(&trp, ROW(k->Q, k->q_stride, r0), C, qt);
-            } else {
-                /* the targets without a scalar loop: kept lanes, y (-1 where ignored), A_y, w_y */
-                __m512i ign = _mm512_set1_epi64((long long)k->ignore_index);
-                __m512i y0 = _mm512_loadu_si512(k->y + r0), y1 = _mm512_loadu_si512(k->y + r0 + 8);
-                __m512i nc = _mm512_set1_epi64((long long)C);
-                __mmask16 kept = _mm512_kunpackb(_mm512_cmpneq_epi64_mask(y1, ign), _mm512_cmpneq_epi64_mask(y0, ign));
-                /* kept indices outside [0, C) (unsigned: negative ones too) read nothing: NaN rows */
-                __mmask16 oob = kept & _mm512_kunpackb(_mm512_cmpge_epu64_mask(y1, nc), _mm512_cmpge_epu64_mask(y0, nc));
-                __m512i y32 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(y0)),
-                                                 _mm512_cvtepi64_epi32(y1), 1);
-                kept &= (__mmask16)~oob;
-                y = (IV)_mm512_mask_mov_epi32(_mm512_set1_epi32(-1), kept, y32);
-                y = (IV)_mm512_mask_mov_epi32((__m512i)y, oob, _mm512_set1_epi32(-2));
-                keep = (IV)_mm512_movm_epi32(kept);
-                w_y = w ? zero : (V)_mm512_maskz_mov_ps(kept, _mm512_set1_ps(1.0f));
-                XENT_UNROLL
-                for (ptrdiff_t c = 0; c < C; c++) {
-                    IV is_c = y == (IV){0} + (int32_t)c;
-                    a_y = XN(select)(is_c, at[c], a_y);
-                    if (w)
-                        w_y = XN(select)(is_c, XN(splat)(w[c]), w_y);
-                }
-            }
-            block_in = 2;
-        }
+        transposed = tr && nl == W;
+        if (transposed)
+            ln = XN(small_load_transposed)(k, &trp, r0, C, at, qt);
+        else
 #endif
-        if (!block_in) {
-            /* transpose the block in, one value at a time into lane buffers, then assigned
-             * to the vectors whole (indexing their lanes would keep them in memory on every
-             * path); lanes past the last row repeat row r0 and are never stored */
-            V ab[XENT_SMALL_C], qb[XENT_SMALL_C], ayb = zero, wyb = zero;
-            IV yb = y, kb = keep;
-            for (ptrdiff_t l = 0; l < W; l++) {
-                ptrdiff_t i = r0 + (l < nl ? l : 0);
-                const T* a = ROW(k->A, k->a_stride, i);
-                for (ptrdiff_t c = 0; c < C; c++)
-                    ab[c][l] = a[c];
-                if (k->Q) {
-                    const T* q = ROW(k->Q, k->q_stride, i);
-                    for (ptrdiff_t c = 0; c < C; c++)
-                        qb[c][l] = q[c];
-                } else if (k->y[i] != k->ignore_index) {
-                    if ((size_t)k->y[i] < (size_t)C) {
-                        yb[l] = (XN(int_t))k->y[i];
-                        kb[l] = -1;
-                        ayb[l] = a[k->y[i]];
-                        wyb[l] = w ? w[k->y[i]] : 1;
-                    } else {
-                        yb[l] = -2;  /* outside [0, C): read nothing, a NaN row */
-                    }
-                }
-            }
-            XENT_UNROLL
-            for (ptrdiff_t c = 0; c < C; c++) {
-                at[c] = ab[c];
-                qt[c] = k->Q ? qb[c] : zero;
-            }
-            y = yb;
-            keep = kb;
-            a_y = ayb;
-            w_y = wyb;
-        }
-        /* m = max_c A_c, a non-finite max shifting by 0 */
-        XENT_UNROLL
-        for (ptrdiff_t c = 0; c < C; c++)
-            m = XN(max)(at[c], m);
-        IV m_finite = XN(isfinite)(m);
-        m = XN(select)(m_finite, m, zero);
-        /* (each loop over the classes tests nothing inside, so that for a constant C it
-         * unrolls and the class vectors stay in registers) */
-        if (k->Q) {
-            /* w_c q_c, and t = sum_c w_c q_c (m - A_c) over the classes of nonzero mass */
-            XENT_UNROLL
-            for (ptrdiff_t c = 0; c < C; c++) {
-                V wq = (qt[c] * onem + smooth) * (w ? w[c] : 1);
-                qt[c] = wq;
-                total += wq;
-                t += XN(select)(wq != 0, wq * (m - at[c]), zero);
-            }
-        } else if (smoothing) {
-            /* t = sum_c w_c (m - A_c), for the smoothing term */
-            for (ptrdiff_t c = 0; c < C; c++)
-                if ((w ? w[c] : 1) != 0)
-                    t += (m - at[c]) * (w ? w[c] : 1);
-        }
-        /* at[c] becomes exp(A_c - m); s = sum_c exp(A_c - m), and s1 = s - 1 with its digits
-         * however small: summed apart from the terms at the max, which are exactly 1 */
-        V s1;
-        IV at_max = (IV){0};  /* class indices: the lanes whose target is at the (finite) max */
-        if (k->Q) {
-            /* every class at the max left out of s and counted */
-            IV n_max = (IV){0};
-            XENT_UNROLL
-            for (ptrdiff_t c = 0; c < C; c++) {
-                V x = at[c] - m;
-                IV is_max = x == 0;
-                at[c] = XN(exp)(x);
-                s += XN(select)(is_max, zero, at[c]);
-                n_max -= is_max;
-            }
-            /* the count as a float, through the magic number (it is small) */
-            V kf = (V)((UV)n_max | (UV)XN(splat)(XENT_MAGIC)) - XENT_MAGIC;
-            s1 = (kf - 1) + s;
-            s = kf + s;
-        } else {
-            /* the target's term left out of s where it is the max: there at[y] = 0 */
-            at_max = keep & m_finite & (a_y == m);
-            IV y_max = y | ~at_max, cv = (IV){0};  /* y there, -1 elsewhere; cv: c in every lane */
-            XENT_UNROLL
-            for (ptrdiff_t c = 0; c < C; c++) {
-                at[c] = XN(select)(y_max == cv, zero, XN(exp)(at[c] - m));
-                s += at[c];
-                cv += 1;
-            }
-            s1 = XN(select)(at_max, s, s - 1);
-            s = XN(select)(at_max, s + 1, s);
-        }
-        V log_s = XN(log1p_of)(s, s1), wy1 = onem * w_y;
-        /* what a row that is not computed holds: 0 where ignored, NaN where its index is bad */
-        V fill = (V)((y == -2) & (IV)XN(splat)(NAN));
-        if (k->Q) {
-            /* loss = sum_c w_c q_c ((m - A_c) + log s) */
-            /* s - s: 0, or NaN where a logit is NaN (or +inf), which then gives NaN even at zero mass */
-            loss = XN(select)(total != 0, t + total * log_s, t + (s - s));
-        } else {
-            /* (1 - eps) w_y ((m - A_y) + log s), skipped at zero mass, and
-             * the smoothing term (eps / C) (sum_c w_c (m - A_c) + log s sum_c w_c) */
-            loss = XN(select)(wy1 != 0, wy1 * ((m - a_y) + log_s), s - s);  /* s - s: as above */
-            if (smoothing)
-                loss += smooth * (t + (k->w_sum != 0 ? (T)k->w_sum * log_s : zero));
-            loss = XN(select)(keep, loss, fill);
-            /* without smoothing, a weight of a class of zero mass (NaN or inf too) adds nothing */
-            total = smoothing ? wy1 + smooth * (T)k->w_sum : wy1;
-        }
+            ln = XN(small_load)(k, r0, nl, C, at, qt);
+        XN(block_sums_t) sums;
+        V loss = XN(small_loss)(k, &sc, &ln, C, at, qt, &sums);
         for (ptrdiff_t l = 0; l < nl; l++)
             loss_out[r0 + l] = (double)loss[l];
         if (!k->rows_out)
             continue;
-        /* dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c), as the row path forms it */
-        V k1 = 1 / s * total, mass;
-        if (scale == 0) {
-            for (ptrdiff_t c = 0; c < C; c++)
-                at[c] = fill;
-        } else if (k->Q) {
-            /* k1 + k1_lo = sum_k w_k q_k / s to twice the precision (k1 >= total / 2 where
-             * s <= 2, so total - k1 is exact; 0 where not finite): at a class at the max,
-             * e_c = 1, so (k1 - w_c q_c) is exact too, and the gradient keeps its digits
-             * where w_c q_c is all of the mass (one-hot targets). total (s - 1) / s as
-             * (s - 1) k1: no second division (one costs more than the rest of a C = 3 row's
-             * gradient), and what it leaves out, (s - 1) k1_lo, is below ulp(k1_lo) */
-            V k1_lo = (total - k1) - s1 * k1;
-            k1_lo = XN(select)(XN(isfinite)(k1_lo), k1_lo, zero);
-            XENT_UNROLL
-            for (ptrdiff_t c = 0; c < C; c++)
-                at[c] = scale * ((at[c] * k1 - qt[c]) + at[c] * k1_lo);
-        } else {
-            V mass_y = wy1 + smooth * w_y;
-            /* where y is at the max (at[y] = 0 there), the mass that makes its gradient
-             * (eps / C)(sum_k w_k - w_y) - total (s - 1) / s: p_y - 1 = -(s - 1) / s, and
-             * total (s - 1) / s = (s - 1) k1 (no second division) */
-            V delta = smoothing ? smooth * ((T)k->w_sum - w_y) : zero;
-            mass_y = XN(select)(at_max, s1 * k1 - delta, mass_y);
-            const T* w_off = smoothing ? w : NULL;  /* off the target, q_c = 0 without smoothing */
-            XENT_UNROLL
-            for (ptrdiff_t c = 0; c < C; c++) {
-                mass = XN(select)(y == (IV){0} + (XN(int_t))c, mass_y, XN(splat)((w_off ? w_off[c] : 1) * smooth));
-                at[c] = XN(select)(keep, scale * (at[c] * k1 - mass), fill);
-            }
-        }
-        /* transpose the gradient out */
+        XN(small_gradient)(k, &sc, &ln, &sums, C, at, qt);
 #if XENT_AVX512 && XENT_F32
-        if (block_in) {
+        if (transposed) {
             if (C >= XENT_TR16_C)
                 XN(tr_out)(at, C, OUT_ROW(k->rows_out, k->rows_out_stride, r0));
             else
@@ -1008,15 +1079,8 @@ XI void XN(cross_entropy_small_impl)(const xent_args* k, ptrdiff_t begin, ptrdif
             continue;
         }
 #endif
-        V gb[XENT_SMALL_C];
-        XENT_UNROLL
-        for (ptrdiff_t c = 0; c < C; c++)
-            gb[c] = at[c];
-        for (ptrdiff_t l = 0; l < nl; l++) {
-            T* g = OUT_ROW(k->rows_out, k->rows_out_stride, r0 + l);
-            for (ptrdiff_t c = 0; c < C; c++)
-                g[c] = gb[c][l];
-        }
+        (void)transposed;
+        XN(small_store)(k, r0, nl, C, at);
     }
 }
 
