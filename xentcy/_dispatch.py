@@ -8,6 +8,7 @@ torch CUDA tensor (:func:`route`).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import numbers
 import sys
 from typing import Any
@@ -219,8 +220,6 @@ def _to_jax(result: Array) -> Any:
 
 @functools.cache
 def _have_cupy() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("cupy") is not None
 
 

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from . import _dispatch
+from . import _dispatch, _stream
 
 
 @contextlib.contextmanager
@@ -40,8 +40,6 @@ def numpy_arrays_on(backend: Any) -> Iterator[Any]:
 def cuda_lane(factory: Any) -> Iterator[Any]:
     """Within the block, ``evaluate(..., device="cuda")`` drives its batches through the lane
     ``factory()`` makes (``xentcy._stream.RecordingLane`` on the CPU) instead of the GPU's."""
-    from . import _stream
-
     previous = _stream.cuda_lane_override
     _stream.cuda_lane_override = factory
     try:

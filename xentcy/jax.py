@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _api, _checks, _reductions
+from ._cpu import _core
 
 __all__ = ["cross_entropy"]
 
@@ -103,8 +104,6 @@ def _ffi_registered() -> bool:
     ffi = getattr(jax, "ffi", None)
     if ffi is None or not hasattr(ffi, "ffi_call"):
         return False
-    from ._cpu import _core
-
     try:
         ffi.register_ffi_target(_FFI_TARGET, _core.xla_cross_entropy(), platform="cpu")
     except Exception:  # noqa: BLE001 - a jaxlib that refuses it: the callback path

@@ -254,6 +254,22 @@ __device__ __forceinline__ void combine_online(A m, A ones, A delta, int G, A (*
     delta_out = t[1];
 }
 
+// The streamed pass over a row that needs nothing but its shift and split sum: vectors
+// lane, lane + G, ... below `end`, U of them in flight; every thread of the group must call it.
+template <int U, int VEC, typename T, typename A>
+__device__ __forceinline__ void online_row(const T* row, int lane, int end, int G, int limit, bool aligned,
+                                           A (*smem)[kMaxReduce], A& shift, A& ones_out, A& delta_out) {
+    A m = -acc_inf(A(0)), ones = A(0), delta = A(0);
+    for (int v0 = lane; v0 < end; v0 += G * U) {
+        A x[U][VEC];
+#pragma unroll
+        for (int u = 0; u < U; ++u) load_vec(row, (v0 + u * G) * VEC, limit, aligned, -acc_inf(A(0)), x[u]);
+#pragma unroll
+        for (int u = 0; u < U; ++u) online_fold(m, ones, delta, x[u]);
+    }
+    combine_online(m, ones, delta, G, smem, shift, ones_out, delta_out);
+}
+
 // ---------------------------------------------------------------------------------------
 // The target of a cross-entropy row, as a policy of the two kernels below (one that holds
 // a row in registers, one that streams it): what differs between class indices and class
@@ -530,6 +546,20 @@ __device__ __forceinline__ void cached_rows(Target& tg, const T* logits, const T
     }
 }
 
+// The U vectors a streaming thread takes of its row at v0 (-inf past the row), and the
+// target's vectors beside them.
+template <typename Target, int U, int VEC, typename T, typename A>
+__device__ __forceinline__ void load_vectors(const Target& tg, const T* a, const T* q, int v0, int G, int limit,
+                                             bool aligned, A (&x)[U][VEC],
+                                             typename Target::template Vectors<U, VEC>& vs) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        const int base = (v0 + u * G) * VEC;
+        load_vec(a, base, limit, aligned, -acc_inf(A(0)), x[u]);
+        tg.load(vs, u, q, base, limit, aligned);
+    }
+}
+
 // Any C: pass 1 keeps an online max and sum, pass 2 reads the row again (mostly from L2),
 // for t and the gradient: two reads of the logits (and the probabilities) and one write.
 template <typename Target, typename T>
@@ -557,12 +587,7 @@ __device__ __forceinline__ void streamed_rows(Target& tg, const T* logits, const
     for (int v0 = slot.lane; v0 < (reads ? n_vec : 0); v0 += step) {
         A x[U][VEC];
         typename Target::template Vectors<U, VEC> vs;
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int base = (v0 + u * G) * VEC;
-            load_vec(a, base, limit, aligned, neg_inf, x[u]);
-            tg.load(vs, u, q, base, limit, aligned);
-        }
+        load_vectors(tg, a, q, v0, G, limit, aligned, x, vs);
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             online_fold(m, ones, delta, x[u]);
@@ -591,12 +616,7 @@ __device__ __forceinline__ void streamed_rows(Target& tg, const T* logits, const
         for (int v0 = slot.lane; v0 < end; v0 += step) {
             A x[U][VEC];
             typename Target::template Vectors<U, VEC> vs;
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-                const int base = (v0 + u * G) * VEC;
-                load_vec(a, base, limit, aligned, neg_inf, x[u]);
-                tg.load(vs, u, q, base, limit, aligned);
-            }
+            load_vectors(tg, a, q, v0, G, limit, aligned, x, vs);
 #pragma unroll
             for (int u = 0; u < U; ++u) {
                 const int base = (v0 + u * G) * VEC;
@@ -751,17 +771,9 @@ xentcy_softmax_streamed(const T* __restrict__ x_in, T* __restrict__ out, long lo
     const int step = G * U;
     const A neg_inf = -xentcy::acc_inf(A(0));
 
-    A m = neg_inf, ones = A(0), delta = A(0);
-    for (int v0 = slot.lane; v0 < end; v0 += step) {
-        A x[U][VEC];
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-            xentcy::load_vec(x_in + offset, (v0 + u * G) * VEC, limit, aligned != 0, neg_inf, x[u]);
-#pragma unroll
-        for (int u = 0; u < U; ++u) xentcy::online_fold(m, ones, delta, x[u]);
-    }
     A shift, sum_ones, sum_delta;
-    xentcy::combine_online(m, ones, delta, G, smem, shift, sum_ones, sum_delta);
+    xentcy::online_row<U, VEC>(x_in + offset, slot.lane, end, G, limit, aligned != 0, smem, shift, sum_ones,
+                               sum_delta);
     const A inv_s = A(1) / (sum_ones + sum_delta), log_s = xentcy::log_sum(sum_ones, sum_delta);
 
     for (int v0 = slot.lane; v0 < end; v0 += step) {
@@ -796,20 +808,10 @@ xentcy_logsumexp(const T* __restrict__ x_in, T* __restrict__ out, long long n_ro
     const int limit = slot.active ? int(C) : 0;
     const long long offset = slot.active ? slot.row * C : 0;
     const int n_vec = int((C + VEC - 1) / VEC);
-    const int step = G * U;
-    const A neg_inf = -xentcy::acc_inf(A(0));
 
-    A m = neg_inf, ones = A(0), delta = A(0);
-    for (int v0 = slot.lane; v0 < (slot.active ? n_vec : 0); v0 += step) {
-        A x[U][VEC];
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-            xentcy::load_vec(x_in + offset, (v0 + u * G) * VEC, limit, aligned != 0, neg_inf, x[u]);
-#pragma unroll
-        for (int u = 0; u < U; ++u) xentcy::online_fold(m, ones, delta, x[u]);
-    }
     A shift, sum_ones, sum_delta;
-    xentcy::combine_online(m, ones, delta, G, smem, shift, sum_ones, sum_delta);
+    xentcy::online_row<U, VEC>(x_in + offset, slot.lane, slot.active ? n_vec : 0, G, limit, aligned != 0, smem,
+                               shift, sum_ones, sum_delta);
     if (slot.active && slot.lane == 0)
         out[slot.row] = xentcy::Convert<T>::from(shift + xentcy::log_sum(sum_ones, sum_delta));
 }
