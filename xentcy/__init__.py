@@ -15,6 +15,7 @@ except ImportError as err:  # pragma: no cover - exercised only on an unbuilt tr
 
 from ._api import cross_entropy, cross_entropy_grad, log_softmax, logsumexp, loss_and_grad, softmax
 from ._eval import Evaluation, Evaluator, evaluate, target_rank
+from ._linear import linear_cross_entropy, linear_loss_and_grad
 from ._loss import CrossEntropyLoss
 
 __version__ = "0.1.0"
@@ -26,6 +27,8 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_grad",
     "evaluate",
+    "linear_cross_entropy",
+    "linear_loss_and_grad",
     "log_softmax",
     "logsumexp",
     "loss_and_grad",

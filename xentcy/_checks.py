@@ -182,7 +182,7 @@ def _effective_smoothing(xp: Namespace, eps: float, num_classes: int, dtype: Any
     (the loss's): every backend then computes without it, alike. It matters only against an
     infinite or NaN term, where 0 * inf and 1e-300 * inf differ (docs/math.md, Numerics)."""
     mass = eps / num_classes
-    if _itemsize(xp, loss_dtype(xp, dtype)) == 4:
+    if itemsize(xp, loss_dtype(xp, dtype)) == 4:
         mass = float(np.float32(mass))
     return eps if mass != 0.0 else 0.0
 
@@ -333,6 +333,42 @@ def check_cross_entropy(
     )
 
 
+def check_linear(
+    xp: Namespace, hidden: Array, classifier: Array, bias: Array | None, dtypes: tuple[Any, ...] | None
+) -> tuple[Array, Array, Array | None]:
+    """The arrays of a linear layer's loss: hidden (..., H) as (N, H) rows, classifier (V, H)
+    and bias (V,) or None, all of hidden's real floating dtype."""
+    check_logits(xp, hidden, "hidden", dtypes)
+    check_logits(xp, classifier, "classifier", dtypes)
+    if classifier.dtype != hidden.dtype:
+        raise TypeError(
+            f"classifier must have hidden's dtype {_describe_dtype(hidden.dtype)}, "
+            f"got {_describe_dtype(classifier.dtype)}"
+        )
+    h_size = int(hidden.shape[-1])
+    if classifier.ndim != 2 or int(classifier.shape[1]) != h_size:
+        raise ValueError(
+            f"classifier must have shape (V, {h_size}) for hidden states of {h_size} features, "
+            f"got {tuple(classifier.shape)}"
+        )
+    if int(classifier.shape[0]) == 0:
+        raise ValueError("classifier must have at least one class (row), got V = 0")
+    if bias is not None:
+        check_array_subclass(bias, "bias")
+        if not hasattr(bias, "dtype") or tuple(bias.shape) != (int(classifier.shape[0]),):
+            raise ValueError(
+                f"bias must have shape ({int(classifier.shape[0])},), one entry per class, "
+                f"got {tuple(getattr(bias, 'shape', ())) or type(bias).__name__}"
+            )
+        if bias.dtype != hidden.dtype:
+            raise TypeError(
+                f"bias must have hidden's dtype {_describe_dtype(hidden.dtype)}, "
+                f"got {_describe_dtype(bias.dtype)}"
+            )
+    rows = xp.reshape(hidden, (-1, h_size)) if hidden.ndim != 2 else hidden
+    return rows, classifier, bias
+
+
 def check_grad_output(
     call: CrossEntropyCall, out: Array, inplace: bool, backend: Backend, inputs: dict[str, Array]
 ) -> None:
@@ -381,7 +417,7 @@ def _check_no_overlap(backend: Backend, written: Array, inputs: dict[str, Array]
             raise ValueError(f"{what} must not share memory with {name}")
 
 
-def _itemsize(xp: Namespace, dtype: Any) -> int:
+def itemsize(xp: Namespace, dtype: Any) -> int:
     itemsize = getattr(dtype, "itemsize", None)
     return itemsize if itemsize is not None else xp.finfo(dtype).bits // 8  # array_api_strict's dtypes
 
@@ -389,4 +425,4 @@ def _itemsize(xp: Namespace, dtype: Any) -> int:
 def loss_dtype(xp: Namespace, dtype: Any) -> Any:
     """The dtype of the loss: the logits' for float32 and float64, float32 for half precision
     (a bfloat16 loss of 36 could only move in steps of 0.25; api.md, Arguments)."""
-    return xp.float32 if _itemsize(xp, dtype) < 4 else dtype
+    return xp.float32 if itemsize(xp, dtype) < 4 else dtype
