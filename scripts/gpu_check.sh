@@ -51,6 +51,8 @@ run "evaluation streamed to the GPU" python3 benchmarks/bench_eval_gpu.py --gib 
 run "evaluation tests, cupy" python3 -m pytest -q -rs -p no:cacheprovider tests/test_evaluate.py -k cupy
 # torch CUDA tensors viewed as CuPy on torch's current stream (xentcy._dispatch.route, issue 14)
 run "torch CUDA route" python3 -m pytest -q -rs -p no:cacheprovider tests/test_torch.py -k cuda
+# linear_cross_entropy on CuPy: cuBLAS matmuls around xentcy's kernels, chunk by chunk (issue 16)
+run "linear cross-entropy, cupy" python3 -m pytest -q -rs -p no:cacheprovider tests/test_linear.py -k cupy
 
 if [[ ${#failed[@]} -ne 0 ]]; then
     printf 'FAILED: %s\n' "${failed[@]}"
