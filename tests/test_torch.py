@@ -253,3 +253,70 @@ def test_torch_cuda_tensors_run_on_xentcys_kernels(dtype):
     a = A.clone().requires_grad_()
     xt.cross_entropy(a, y).backward()
     torch.testing.assert_close(a.grad.float(), ref.grad, rtol=tol, atol=tol / 100)
+
+
+# -- xentcy.torch.linear_cross_entropy
+
+
+def _linear_data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(9, 4, dtype=torch.float64, generator=g)
+    w = torch.randn(7, 4, dtype=torch.float64, generator=g)
+    b = torch.randn(7, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 7, (9,), generator=g)
+    y[2] = -100
+    return h, w, b, y
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_linear_cross_entropy_gradients_match_torch(reduction):
+    h, w, b, y = _linear_data()
+    # an incoming gradient other than 1: a factor (per row for "none")
+    scale = torch.tensor(2.0, dtype=h.dtype)
+    if reduction == "none":
+        scale = torch.linspace(0.5, 2, 9, dtype=h.dtype)
+    results = []
+    for fn in (
+        lambda a, c, d: xt.linear_cross_entropy(a, c, y, bias=d, reduction=reduction, chunk_size=4,
+                                                label_smoothing=0.1),
+        lambda a, c, d: F.cross_entropy(F.linear(a, c, d), y, reduction=reduction, label_smoothing=0.1),
+    ):  # fmt: skip
+        a, c, d = (x.clone().requires_grad_() for x in (h, w, b))
+        loss = fn(a, c, d)
+        (loss * scale).sum().backward()
+        results.append((loss.detach(), a.grad, c.grad, d.grad))
+    for ours, theirs in zip(*results, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
+
+
+def test_linear_cross_entropy_gradcheck_and_compile():
+    import torch._dynamo
+
+    h, w, b, y = _linear_data(1)
+    args = tuple(x.clone().requires_grad_() for x in (h, w, b))
+    assert torch.autograd.gradcheck(
+        lambda a, c, d: xt.linear_cross_entropy(a, c, y, bias=d, reduction="none", chunk_size=3), args
+    )
+    torch._dynamo.reset()
+    f = torch.compile(lambda a, c: xt.linear_cross_entropy(a, c, y), fullgraph=True)
+    a, c = h.clone().requires_grad_(), w.clone().requires_grad_()
+    f(a, c).backward()
+    ra, rc = h.clone().requires_grad_(), w.clone().requires_grad_()
+    F.cross_entropy(F.linear(ra, rc), y).backward()
+    torch.testing.assert_close(c.grad, rc.grad)
+    torch.testing.assert_close(a.grad, ra.grad)
+
+
+def test_linear_cross_entropy_hands_its_gradients_over_and_recomputes_them_for_a_retained_graph():
+    h, w, _, y = _linear_data(2)
+    a, c = h.clone().requires_grad_(), w.clone().requires_grad_()
+    loss = xt.linear_cross_entropy(a, c, y)
+    ptr = loss.grad_fn.grads[1].data_ptr()  # d_classifier of the forward pass
+    loss.backward(retain_graph=True)
+    assert c.grad.data_ptr() == ptr  # no copy
+    ra, rc = h.clone().requires_grad_(), w.clone().requires_grad_()
+    F.cross_entropy(F.linear(ra, rc), y).backward()
+    for k in (2, 3):
+        loss.backward(retain_graph=True)
+        torch.testing.assert_close(c.grad, k * rc.grad)
+        torch.testing.assert_close(a.grad, k * ra.grad)

@@ -81,7 +81,9 @@ def _chunk_call(lc: _LinearCall, logits: Array, target: Array) -> _checks.CrossE
     return dataclasses.replace(lc.call, logits=logits, target=target, batch_shape=(int(logits.shape[0]),))
 
 
-def _numpy_rows(lc: _LinearCall, backend: Any, scale: Any, want_grad: bool) -> tuple[Any, ...]:
+def _numpy_rows(
+    lc: _LinearCall, backend: Any, scale: Any, want_grad: bool, row_scale: Array | None
+) -> tuple[Any, ...]:
     """NumPy: the chunks' three matmuls by SciPy's BLAS gemm into reused buffers (d_classifier
     accumulated in place, beta = 1), ignored rows skipped.
 
@@ -132,6 +134,8 @@ def _numpy_rows(lc: _LinearCall, backend: Any, scale: Any, want_grad: bool) -> t
         losses[rows] = loss_c
         if not want_grad:
             continue
+        if row_scale is not None:
+            g *= row_scale[rows, None]
         # d_h_c^T (H, n) = W^T (H, V) @ g^T (V, n)
         d_h_c = d_h[rows[0] : rows[-1] + 1] if contiguous else d_h_buffer[:n]
         gemm(1.0, w.T, g.T, beta=0.0, c=d_h_c.T, overwrite_c=1)
@@ -146,7 +150,9 @@ def _numpy_rows(lc: _LinearCall, backend: Any, scale: Any, want_grad: bool) -> t
     return losses, d_h, d_w, d_b
 
 
-def _generic_rows(lc: _LinearCall, backend: Any, scale: Any, want_grad: bool) -> tuple[Any, ...]:
+def _generic_rows(
+    lc: _LinearCall, backend: Any, scale: Any, want_grad: bool, row_scale: Array | None
+) -> tuple[Any, ...]:
     """Any other library: its matmul, chunk after chunk of rows (ignored ones included)."""
     xp, h, w, b, y = lc.xp, lc.hidden, lc.classifier, lc.bias, lc.call.target
     n_rows = h.shape[0]
@@ -165,6 +171,8 @@ def _generic_rows(lc: _LinearCall, backend: Any, scale: Any, want_grad: bool) ->
         losses.append(loss_c)
         if not want_grad:
             continue
+        if row_scale is not None:
+            g = g * xp.reshape(row_scale[r0:r1], (-1, 1))
         d_hs.append(xp.matmul(g, w))
         part = xp.matmul(xp.matrix_transpose(g), h_c)
         d_w = part if d_w is None else d_w + part
@@ -199,9 +207,12 @@ def _run(
     options: dict[str, Any],
     chunk_size: Any,
     want_grad: bool,
+    row_scale: Array | None = None,
 ) -> tuple[Any, ...]:
+    """(loss, d_hidden, d_classifier, d_bias); ``row_scale`` (batch-shaped, for
+    reduction="none" only: xentcy.torch's backward) multiplies each row's gradient."""
     arrays = {"hidden": hidden, "classifier": classifier, "target": target, "bias": bias,
-              "weight": options["weight"]}  # fmt: skip
+              "weight": options["weight"], "row_scale": row_scale}  # fmt: skip
     with _dispatch.route(arrays) as r:
         a = r.arrays
         options = {**options, "weight": a["weight"]}
@@ -209,7 +220,10 @@ def _run(
         denom = _api.denominator(backend, lc.call)
         scale = _reductions.gradient_scale(lc.call, denom)
         rows = _numpy_rows if is_numpy_namespace(lc.xp) else _generic_rows
-        losses, d_h, d_w, d_b = rows(lc, backend, scale, want_grad)
+        scales = None
+        if a["row_scale"] is not None:
+            scales = lc.xp.astype(lc.xp.reshape(a["row_scale"], (-1,)), lc.hidden.dtype)
+        losses, d_h, d_w, d_b = rows(lc, backend, scale, want_grad, scales)
         call = dataclasses.replace(lc.call, batch_shape=lc.batch_shape)
         loss = _reductions.reduce_losses(call, lc.xp.reshape(losses, lc.batch_shape), denom)
         if d_h is not None:

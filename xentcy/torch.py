@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 
-from . import _api
+from . import _api, _linear
 
-__all__ = ["CrossEntropyLoss", "cross_entropy"]
+__all__ = ["CrossEntropyLoss", "cross_entropy", "linear_cross_entropy"]
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -258,6 +258,148 @@ def cross_entropy(
     if torch.is_grad_enabled() and logits.requires_grad:
         return _CrossEntropy.apply(*args)[0]
     return _fused(*args, False)[0]
+
+
+# -- the linear layer and its loss, without the N x V logits (xentcy.linear_cross_entropy)
+
+
+def _empty_like_none(x: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty((0,)) if x is None else x
+
+
+@torch.library.custom_op("xentcy::linear_cross_entropy", mutates_args=())
+def _linear_fused(
+    hidden: torch.Tensor,
+    classifier: torch.Tensor,
+    target: torch.Tensor,
+    bias: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    row_scale: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: str,
+    chunk_size: int,
+    want_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, d_hidden, d_classifier, d_bias) of xentcy's chunked pass; the gradients are
+    empty without ``want_grad``, d_bias without a bias; ``row_scale`` scales each row's
+    gradient (reduction="none")."""
+    tensors = (hidden, classifier, target, bias, weight, row_scale)
+    h, w, y, b, wt, rs = (None if x is None else x.detach() for x in tensors)
+    options = _linear._options(wt, ignore_index, label_smoothing, reduction)
+    loss, d_h, d_w, d_b = _linear._run(h, w, y, b, options, chunk_size or None, want_grad, rs)
+    if not want_grad:  # (three distinct empty tensors: a custom op's outputs may not alias)
+        return loss, *(hidden.new_empty((0,)) for _ in range(3))
+    return loss, d_h, d_w, _empty_like_none(d_b, hidden)
+
+
+@_linear_fused.register_fake
+def _linear_fused_fake(hidden, classifier, target, bias, weight, row_scale, ignore_index, label_smoothing,
+                       reduction, chunk_size, want_grad):  # fmt: skip
+    loss = hidden.new_empty(tuple(hidden.shape[:-1]) if reduction == "none" else ())
+    if not want_grad:
+        return loss, *(hidden.new_empty((0,)) for _ in range(3))
+    d_b = torch.empty_like(bias) if bias is not None else hidden.new_empty((0,))
+    return loss, torch.empty_like(hidden), torch.empty_like(classifier), d_b
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """The autograd of the chunked linear loss: for "mean" and "sum" the forward computes the
+    gradients with the loss and the backward scales them; for "none" (a factor a row) the
+    backward runs the chunks again with the rows' factors."""
+
+    @staticmethod
+    def forward(hidden, classifier, target, bias, weight, *options):
+        ignore_index, label_smoothing, reduction, chunk_size = options
+        return _linear_fused(hidden, classifier, target, bias, weight, None, ignore_index, label_smoothing,
+                             reduction, chunk_size, reduction != "none")  # fmt: skip
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, d_h, d_w, d_b = output
+        ctx.mark_non_differentiable(d_h, d_w, d_b)
+        ctx.set_materialize_grads(False)
+        ctx.options = inputs[5:]
+        # as in _CrossEntropy: eager, the gradients are held outside save_for_backward so that a
+        # backward whose incoming gradient is 1 hands them over (d_classifier alone is V x H)
+        ctx.eager = not (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active())
+        ctx.save_for_backward(*inputs[:5], *(() if ctx.eager else (d_h, d_w, d_b)))
+        ctx.grads = (d_h, d_w, d_b) if ctx.eager else None
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):
+        if grad_loss is None:
+            return (None,) * 9
+        hidden, classifier, target, bias, weight, *saved = ctx.saved_tensors
+        arrays = (hidden, classifier, target, bias, weight)
+        if ctx.options[2] == "none":  # reduction: a factor a row, the chunks run again with them
+            _, d_h, d_w, d_b = _linear_fused(*arrays, grad_loss, *ctx.options, True)
+        else:
+            grads = tuple(saved) if not ctx.eager else ctx.grads
+            if grads is None:  # handed over by an earlier backward (retain_graph): again
+                grads = _linear_fused(*arrays, None, *ctx.options, True)[1:]
+            if ctx.eager and not torch.is_grad_enabled() and _is_one(grad_loss):
+                (d_h, d_w, d_b), ctx.grads = grads, None
+            else:
+                d_h, d_w, d_b = (g * grad_loss for g in grads)
+        if torch.is_grad_enabled():  # create_graph=True: a second derivative may follow
+            d_h = _NoSecondDerivative.apply(d_h, hidden)
+        return d_h, d_w, None, (d_b if bias is not None else None), None, None, None, None, None
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    classifier: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """:func:`xentcy.linear_cross_entropy` as a differentiable torch operation: the loss of
+    ``F.linear(hidden, classifier, bias)`` against ``target``, without the N x V logits.
+
+    The gradients with respect to ``hidden``, ``classifier`` and ``bias`` come from the same
+    chunked pass as the loss ("mean", "sum"; for "none" the backward runs the chunks again).
+
+    Parameters
+    ----------
+    hidden : torch.Tensor
+        (..., H), float32 or float64.
+    classifier : torch.Tensor
+        (V, H), hidden's dtype.
+    target : torch.Tensor
+        int64 class indices, hidden's shape without its last axis.
+    bias, weight, ignore_index, label_smoothing, reduction, chunk_size
+        As in :func:`xentcy.linear_cross_entropy`.
+
+    Returns
+    -------
+    torch.Tensor
+        The loss: 0-d, or per row for ``reduction="none"``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import xentcy.torch as xt
+    >>> h = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    >>> W = torch.tensor([[2.0, 0.1], [1.0, 2.0], [0.1, 1.9]], requires_grad=True)
+    >>> loss = xt.linear_cross_entropy(h, W, torch.tensor([1, 0]))
+    >>> loss.backward()
+    >>> W.grad
+    tensor([[ 0.3295, -0.4636],
+            [-0.3788,  0.2434],
+            [ 0.0493,  0.2202]])
+    """
+    args = (hidden, classifier, target, bias, weight, int(ignore_index), float(label_smoothing),
+            str(reduction), int(chunk_size or 0))  # fmt: skip
+    tracked = [x for x in (hidden, classifier, bias) if x is not None]
+    if torch.is_grad_enabled() and any(x.requires_grad for x in tracked):
+        return _LinearCrossEntropy.apply(*args)[0]
+    return _linear_fused(*args[:5], None, *args[5:], False)[0]
 
 
 class CrossEntropyLoss(torch.nn.Module):
