@@ -320,3 +320,23 @@ def test_linear_cross_entropy_hands_its_gradients_over_and_recomputes_them_for_a
         loss.backward(retain_graph=True)
         torch.testing.assert_close(c.grad, k * rc.grad)
         torch.testing.assert_close(a.grad, k * ra.grad)
+
+
+def test_denominator_for_gradient_accumulation():
+    # two micro-batches, each divided by the tokens of both: their gradients add up to the whole's
+    A, y = _data(n=12, c=5)
+    y[::4] = -100
+    total = int((y != -100).sum())
+    whole = A.clone().requires_grad_()
+    F.cross_entropy(whole, y).backward()
+    parts = A.clone().requires_grad_()
+    for s in (slice(0, 5), slice(5, 12)):
+        xt.cross_entropy(parts[s], y[s], denominator=total).backward()
+    torch.testing.assert_close(parts.grad, whole.grad)
+    h, w = torch.randn(12, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    hw = h.clone().requires_grad_()
+    F.cross_entropy(F.linear(hw, w), y).backward()
+    hp = h.clone().requires_grad_()
+    for s in (slice(0, 5), slice(5, 12)):
+        xt.linear_cross_entropy(hp[s], w, y[s], denominator=torch.tensor(total)).backward()
+    torch.testing.assert_close(hp.grad, hw.grad)

@@ -115,6 +115,7 @@ def _prepare_cross_entropy(
     label_smoothing: float,
     reduction: str,
     out: Array | None = None,
+    given: object = None,
 ) -> tuple[Backend, _checks.CrossEntropyCall, object]:
     backend, call = checked_call(
         {"logits": logits, "target": target, "out": out},
@@ -124,13 +125,16 @@ def _prepare_cross_entropy(
         label_smoothing=label_smoothing,
         reduction=reduction,
     )
-    return backend, call, denominator(backend, call)
+    return backend, call, denominator(backend, call, given)
 
 
-def denominator(backend: Backend, call: _checks.CrossEntropyCall) -> object:
+def denominator(backend: Backend, call: _checks.CrossEntropyCall, given: object = None) -> object:
     """D of the call, after the class-index range check (in one compiled pass where the
-    backend has one; lazily, chunk by chunk, for Dask)."""
-    return _reductions.denominator(call, backend.class_index_summary)
+    backend has one; lazily, chunk by chunk, for Dask); ``given``, the caller's D
+    (``denominator=``), replaces it once the check has run."""
+    given = _checks.check_denominator(given, call.reduction)
+    d = _reductions.denominator(call, backend.class_index_summary)
+    return d if given is None else given
 
 
 def checked_call(arrays: dict[str, Array], **options: object) -> tuple[Backend, _checks.CrossEntropyCall]:
@@ -153,6 +157,7 @@ def cross_entropy(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     reduction: Reduction = "mean",
+    denominator: float | None = None,
 ) -> Array:
     """Softmax cross-entropy loss of ``logits`` against ``target``.
 
@@ -181,6 +186,11 @@ def cross_entropy(
         "mean" divides the sum of the per-sample losses by the sum of the
         target classes' weights (class indices) or the number of samples
         (probabilities); "none" returns the per-sample losses.
+    denominator : float, optional
+        With "mean", the number it divides by instead (the gradient too): for
+        gradient accumulation over micro-batches or data-parallel ranks, the
+        global count of target tokens (``num_items_in_batch``), so that the
+        parts add up to the mean of the whole. A positive finite number.
 
     Returns
     -------
@@ -198,7 +208,8 @@ def cross_entropy(
         Mismatched shapes, a class index out of range (for Dask arrays, when
         computed), an ``ignore_index`` outside int64, an unknown reduction, a
         smoothing outside [0, 1], a weight of the wrong size, dimensions of
-        unknown size.
+        unknown size, a ``denominator`` that is not a positive finite number or
+        comes with another reduction than "mean".
 
     Examples
     --------
@@ -215,7 +226,8 @@ def cross_entropy(
     with _dispatch.route({"logits": logits, "target": target, "weight": weight}) as r:
         a = r.arrays
         backend, call, denom = _prepare_cross_entropy(
-            a["logits"], a["target"], axis, a["weight"], ignore_index, label_smoothing, reduction
+            a["logits"], a["target"], axis, a["weight"], ignore_index, label_smoothing, reduction,
+            given=denominator,
         )
         losses, _ = backend.cross_entropy_rows(call, want_grad=False, out=None, grad_scale=0.0)
         return r.back(_reductions.reduce_losses(call, losses, denom))
@@ -231,6 +243,7 @@ def loss_and_grad(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     reduction: Reduction = "mean",
+    denominator: float | None = None,
     out: Array | None = None,
     inplace: bool = False,
 ) -> tuple[Array, Array]:
@@ -276,7 +289,7 @@ def loss_and_grad(
         a = r.arrays
         logits, target, weight, out = a["logits"], a["target"], a["weight"], a["out"]
         backend, call, denom = _prepare_cross_entropy(
-            logits, target, axis, weight, ignore_index, label_smoothing, reduction, out
+            logits, target, axis, weight, ignore_index, label_smoothing, reduction, out, given=denominator
         )
         _checks.check_grad_output(
             call, out, inplace, backend, {"logits": logits, "target": target, "weight": weight}
@@ -300,6 +313,7 @@ def cross_entropy_grad(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     reduction: Reduction = "mean",
+    denominator: float | None = None,
 ) -> Array:
     """The gradient of :func:`cross_entropy` with respect to ``logits``.
 
@@ -326,4 +340,5 @@ def cross_entropy_grad(
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
         reduction=reduction,
+        denominator=denominator,
     )[1]

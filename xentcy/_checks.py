@@ -333,6 +333,26 @@ def check_cross_entropy(
     )
 
 
+def check_denominator(value: Any, reduction: str) -> float | None:
+    """A caller's D for the mean (``denominator=``): None, or a positive finite number, with
+    reduction "mean" only."""
+    if value is None:
+        return None
+    if reduction != "mean":
+        raise ValueError(f"denominator applies to reduction='mean' only, got reduction={reduction!r}")
+    # a real number, or a 0-d array of one (a count from an all-reduce), read here
+    number = isinstance(value, numbers.Real) or getattr(value, "ndim", None) == 0
+    if not number or isinstance(value, (bool, np.bool_)) or traced(value):
+        raise TypeError(f"denominator must be a positive number, got {type(value).__name__}")
+    try:
+        d = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"denominator must be a positive number, got {type(value).__name__}") from None
+    if not (math.isfinite(d) and d > 0):
+        raise ValueError(f"denominator must be a positive finite number, got {d}")
+    return d
+
+
 def check_linear(
     xp: Namespace, hidden: Array, classifier: Array, bias: Array | None, dtypes: tuple[Any, ...] | None
 ) -> tuple[Array, Array, Array | None]:

@@ -208,6 +208,7 @@ def _run(
     chunk_size: Any,
     want_grad: bool,
     row_scale: Array | None = None,
+    denominator: Any = None,
 ) -> tuple[Any, ...]:
     """(loss, d_hidden, d_classifier, d_bias); ``row_scale`` (batch-shaped, for
     reduction="none" only: xentcy.torch's backward) multiplies each row's gradient."""
@@ -217,7 +218,7 @@ def _run(
         a = r.arrays
         options = {**options, "weight": a["weight"]}
         backend, lc = _check(a["hidden"], a["classifier"], a["target"], a["bias"], options, chunk_size)
-        denom = _api.denominator(backend, lc.call)
+        denom = _api.denominator(backend, lc.call, denominator)
         scale = _reductions.gradient_scale(lc.call, denom)
         rows = _numpy_rows if is_numpy_namespace(lc.xp) else _generic_rows
         scales = None
@@ -242,6 +243,7 @@ def linear_cross_entropy(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     reduction: Reduction = "mean",
+    denominator: float | None = None,
     chunk_size: int | None = None,
 ) -> Array:
     """Cross-entropy of the logits ``hidden @ classifier.T + bias``, without forming them whole.
@@ -261,7 +263,7 @@ def linear_cross_entropy(
         taken: they would be the N x V array this function avoids).
     bias : array, optional
         (V,) added to every row of logits.
-    weight, ignore_index, label_smoothing, reduction
+    weight, ignore_index, label_smoothing, reduction, denominator
         As in :func:`xentcy.cross_entropy`.
     chunk_size : int, optional
         Rows of logits per chunk. None: as many as fit in 32 MiB (``V * itemsize`` bytes a
@@ -296,7 +298,7 @@ def linear_cross_entropy(
     array(2.01850839)
     """
     options = _options(weight, ignore_index, label_smoothing, reduction)
-    return _run(hidden, classifier, target, bias, options, chunk_size, False)[0]
+    return _run(hidden, classifier, target, bias, options, chunk_size, False, denominator=denominator)[0]
 
 
 def linear_loss_and_grad(
@@ -310,6 +312,7 @@ def linear_loss_and_grad(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     reduction: Reduction = "mean",
+    denominator: float | None = None,
     chunk_size: int | None = None,
 ) -> tuple[Array, Array, Array, Array | None]:
     """The loss of :func:`linear_cross_entropy` and its gradients, in one pass over the chunks.
@@ -340,4 +343,4 @@ def linear_loss_and_grad(
            [ 0.049,  0.22 ]])
     """
     options = _options(weight, ignore_index, label_smoothing, reduction)
-    return _run(hidden, classifier, target, bias, options, chunk_size, True)
+    return _run(hidden, classifier, target, bias, options, chunk_size, True, denominator=denominator)

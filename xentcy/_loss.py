@@ -81,8 +81,12 @@ class CrossEntropyLoss:
             f"reduction={self.reduction!r})"
         )
 
-    def forward(self, A: Any, Y: Any) -> Any:
-        """The loss of logits ``A`` against target ``Y``; keeps the gradient for :meth:`backward`."""
+    def forward(self, A: Any, Y: Any, *, denominator: float | None = None) -> Any:
+        """The loss of logits ``A`` against target ``Y``; keeps the gradient for :meth:`backward`.
+
+        ``denominator``: for this batch, what the mean divides by instead (see
+        :func:`xentcy.cross_entropy`), e.g. the target tokens of all micro-batches.
+        """
         loss, grad = loss_and_grad(
             A,
             Y,
@@ -91,6 +95,7 @@ class CrossEntropyLoss:
             ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
             reduction=self.reduction,
+            denominator=denominator,
         )
         self.A, self.Y, self._grad, self._softmax = A, Y, grad, None
         self.C = int(A.shape[self.axis])

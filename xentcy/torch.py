@@ -53,6 +53,7 @@ def _fused(
     label_smoothing: float,
     reduction: str,
     axis: int,
+    denominator: float | None,
     want_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, gradient) of xentcy's fused pass; the gradient is empty without ``want_grad``."""
@@ -68,6 +69,7 @@ def _fused(
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
         reduction=reduction,
+        denominator=denominator,
     )
     if not want_grad:
         loss = _api.cross_entropy(x, target, **options)
@@ -77,7 +79,8 @@ def _fused(
 
 
 @_fused.register_fake
-def _fused_fake(logits, target, weight, ignore_index, label_smoothing, reduction, axis, want_grad):
+def _fused_fake(logits, target, weight, ignore_index, label_smoothing, reduction, axis, denominator,
+                want_grad):  # fmt: skip
     grad = torch.empty_like(logits) if want_grad else logits.new_empty((0,))
     return _loss_meta(logits, reduction, axis), grad
 
@@ -128,8 +131,9 @@ class _CrossEntropy(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(logits, target, weight, ignore_index, label_smoothing, reduction, axis):
-        return _fused(logits, target, weight, ignore_index, label_smoothing, reduction, axis, True)
+    def forward(logits, target, weight, *options):
+        # (options: ignore_index, label_smoothing, reduction, axis, denominator)
+        return _fused(logits, target, weight, *options, True)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -152,7 +156,7 @@ class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _grad_of_grad):
         if grad_loss is None:
-            return (None,) * 7
+            return (None,) * 8
         if not ctx.eager:
             grad, logits = ctx.saved_tensors
         else:
@@ -170,7 +174,7 @@ class _CrossEntropy(torch.autograd.Function):
             out, ctx.grad = grad, None
         else:
             out = _scaled(grad, grad_loss, ctx)
-        return out, None, None, None, None, None, None
+        return out, None, None, None, None, None, None, None
 
 
 def _scaled(grad: torch.Tensor, grad_loss: torch.Tensor, ctx) -> torch.Tensor:
@@ -201,6 +205,7 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     axis: int = 1,
+    denominator: float | None = None,
 ) -> torch.Tensor:
     """Softmax cross-entropy of ``logits`` against ``target``, differentiable by autograd.
 
@@ -225,6 +230,9 @@ def cross_entropy(
         As in torch.
     axis : int, default 1
         The class axis.
+    denominator : float, optional
+        With "mean", what it divides by instead: e.g. the target tokens of every
+        micro-batch of a gradient accumulation (``num_items_in_batch``).
 
     Returns
     -------
@@ -254,7 +262,8 @@ def cross_entropy(
     if not -max(logits.ndim, 1) <= axis < max(logits.ndim, 1):
         raise ValueError(f"axis {axis} is out of range for {logits.ndim}-D logits")
     axis = axis % max(logits.ndim, 1)
-    args = (logits, target, weight, int(ignore_index), float(label_smoothing), str(reduction), axis)
+    d = None if denominator is None else float(denominator)
+    args = (logits, target, weight, int(ignore_index), float(label_smoothing), str(reduction), axis, d)
     if torch.is_grad_enabled() and logits.requires_grad:
         return _CrossEntropy.apply(*args)[0]
     return _fused(*args, False)[0]
@@ -279,6 +288,7 @@ def _linear_fused(
     label_smoothing: float,
     reduction: str,
     chunk_size: int,
+    denominator: float | None,
     want_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, d_hidden, d_classifier, d_bias) of xentcy's chunked pass; the gradients are
@@ -287,7 +297,7 @@ def _linear_fused(
     tensors = (hidden, classifier, target, bias, weight, row_scale)
     h, w, y, b, wt, rs = (None if x is None else x.detach() for x in tensors)
     options = _linear._options(wt, ignore_index, label_smoothing, reduction)
-    loss, d_h, d_w, d_b = _linear._run(h, w, y, b, options, chunk_size or None, want_grad, rs)
+    loss, d_h, d_w, d_b = _linear._run(h, w, y, b, options, chunk_size or None, want_grad, rs, denominator)
     if not want_grad:  # (three distinct empty tensors: a custom op's outputs may not alias)
         return loss, *(hidden.new_empty((0,)) for _ in range(3))
     return loss, d_h, d_w, _empty_like_none(d_b, hidden)
@@ -295,7 +305,7 @@ def _linear_fused(
 
 @_linear_fused.register_fake
 def _linear_fused_fake(hidden, classifier, target, bias, weight, row_scale, ignore_index, label_smoothing,
-                       reduction, chunk_size, want_grad):  # fmt: skip
+                       reduction, chunk_size, denominator, want_grad):  # fmt: skip
     loss = hidden.new_empty(tuple(hidden.shape[:-1]) if reduction == "none" else ())
     if not want_grad:
         return loss, *(hidden.new_empty((0,)) for _ in range(3))
@@ -310,9 +320,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(hidden, classifier, target, bias, weight, *options):
-        ignore_index, label_smoothing, reduction, chunk_size = options
-        return _linear_fused(hidden, classifier, target, bias, weight, None, ignore_index, label_smoothing,
-                             reduction, chunk_size, reduction != "none")  # fmt: skip
+        reduction = options[2]  # (options: ignore_index, label_smoothing, reduction, chunk_size, denominator)
+        return _linear_fused(hidden, classifier, target, bias, weight, None, *options, reduction != "none")
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -329,7 +338,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, *_):
         if grad_loss is None:
-            return (None,) * 9
+            return (None,) * 10
         hidden, classifier, target, bias, weight, *saved = ctx.saved_tensors
         arrays = (hidden, classifier, target, bias, weight)
         if ctx.options[2] == "none":  # reduction: a factor a row, the chunks run again with them
@@ -344,7 +353,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 d_h, d_w, d_b = (g * grad_loss for g in grads)
         if torch.is_grad_enabled():  # create_graph=True: a second derivative may follow
             d_h = _NoSecondDerivative.apply(d_h, hidden)
-        return d_h, d_w, None, (d_b if bias is not None else None), None, None, None, None, None
+        return d_h, d_w, None, (d_b if bias is not None else None), None, None, None, None, None, None
 
 
 def linear_cross_entropy(
@@ -357,6 +366,7 @@ def linear_cross_entropy(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     reduction: str = "mean",
+    denominator: float | None = None,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
     """:func:`xentcy.linear_cross_entropy` as a differentiable torch operation: the loss of
@@ -373,7 +383,7 @@ def linear_cross_entropy(
         (V, H), hidden's dtype.
     target : torch.Tensor
         int64 class indices, hidden's shape without its last axis.
-    bias, weight, ignore_index, label_smoothing, reduction, chunk_size
+    bias, weight, ignore_index, label_smoothing, reduction, denominator, chunk_size
         As in :func:`xentcy.linear_cross_entropy`.
 
     Returns
@@ -394,8 +404,9 @@ def linear_cross_entropy(
             [-0.3788,  0.2434],
             [ 0.0493,  0.2202]])
     """
+    d = None if denominator is None else float(denominator)
     args = (hidden, classifier, target, bias, weight, int(ignore_index), float(label_smoothing),
-            str(reduction), int(chunk_size or 0))  # fmt: skip
+            str(reduction), int(chunk_size or 0), d)  # fmt: skip
     tracked = [x for x in (hidden, classifier, bias) if x is not None]
     if torch.is_grad_enabled() and any(x.requires_grad for x in tracked):
         return _LinearCrossEntropy.apply(*args)[0]
@@ -439,7 +450,10 @@ class CrossEntropyLoss(torch.nn.Module):
 
     weight: torch.Tensor | None
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input: torch.Tensor, target: torch.Tensor, denominator: float | None = None
+    ) -> torch.Tensor:
+        """The loss; ``denominator`` as in :func:`cross_entropy` (for this batch)."""
         return cross_entropy(
             input,
             target,
@@ -447,6 +461,7 @@ class CrossEntropyLoss(torch.nn.Module):
             ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
             reduction=self.reduction,
+            denominator=denominator,
         )
 
     def extra_repr(self) -> str:
