@@ -340,3 +340,14 @@ def test_denominator_for_gradient_accumulation():
     for s in (slice(0, 5), slice(5, 12)):
         xt.linear_cross_entropy(hp[s], w, y[s], denominator=torch.tensor(total)).backward()
     torch.testing.assert_close(hp.grad, hw.grad)
+
+
+@pytest.mark.parametrize("bad, error", [("8", TypeError), (True, TypeError), (0, ValueError)])
+def test_denominator_is_checked_as_in_xentcy(bad, error):
+    # the op takes a float: the wrapper checks the value first, as xentcy.cross_entropy does
+    A, y = _data()
+    h, w = torch.randn(16, 3, dtype=torch.float64), torch.randn(7, 3, dtype=torch.float64)
+    with pytest.raises(error, match="denominator must be a positive"):
+        xt.cross_entropy(A, y, denominator=bad)
+    with pytest.raises(error, match="denominator must be a positive"):
+        xt.linear_cross_entropy(h, w, y, denominator=bad)

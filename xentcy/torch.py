@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from . import _api, _linear
+from . import _api, _checks, _linear
 
 __all__ = ["CrossEntropyLoss", "cross_entropy", "linear_cross_entropy"]
 
@@ -262,7 +262,7 @@ def cross_entropy(
     if not -max(logits.ndim, 1) <= axis < max(logits.ndim, 1):
         raise ValueError(f"axis {axis} is out of range for {logits.ndim}-D logits")
     axis = axis % max(logits.ndim, 1)
-    d = None if denominator is None else float(denominator)
+    d = _checks.check_denominator(denominator, reduction)  # (the op takes a float)
     args = (logits, target, weight, int(ignore_index), float(label_smoothing), str(reduction), axis, d)
     if torch.is_grad_enabled() and logits.requires_grad:
         return _CrossEntropy.apply(*args)[0]
@@ -404,7 +404,7 @@ def linear_cross_entropy(
             [-0.3788,  0.2434],
             [ 0.0493,  0.2202]])
     """
-    d = None if denominator is None else float(denominator)
+    d = _checks.check_denominator(denominator, reduction)  # (the op takes a float)
     args = (hidden, classifier, target, bias, weight, int(ignore_index), float(label_smoothing),
             str(reduction), int(chunk_size or 0), d)  # fmt: skip
     tracked = [x for x in (hidden, classifier, bias) if x is not None]
