@@ -20,11 +20,13 @@ from array_api_compat import is_numpy_namespace
 from . import _api, _checks, _dispatch, _reductions
 from ._api import Reduction
 from ._backend import Backend
+from ._cpu import _core
 from ._typing import Array, Namespace
 
-# The chunk's logits take about this many bytes when chunk_size is None: a few times the
-# L2 of a core, large enough that every matmul of a chunk runs at BLAS's full speed
-# (measured on this VM: 16-64 MiB chunks within 2 % of each other, see benchmarks/cpu-notes.md).
+# The chunk's logits take about this many bytes when chunk_size is None: large enough that
+# every matmul of a chunk runs at BLAS's full speed (measured on this VM, (2048, 1024) x
+# (32000, 1024) float32, 2 threads, medians of 3: 31 and 62 MiB chunks 2.04 s, 15 MiB 2.32 s,
+# 7 MiB 2.83 s, 3 MiB 4.05 s; benchmarks/cpu-notes.md v20), small against the logits.
 CHUNK_BYTES = 32 << 20
 
 
@@ -96,8 +98,6 @@ def _numpy_rows(
     # (SciPy's BLAS wrappers; imported here, not at the top, so that `import xentcy` does not
     # import SciPy)
     from scipy.linalg import blas
-
-    from ._cpu import _core
 
     h, w, b, y = lc.hidden, lc.classifier, lc.bias, lc.call.target
     n_rows, num_classes = h.shape[0], w.shape[0]
