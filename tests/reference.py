@@ -11,7 +11,12 @@ Per sample (q the smoothed target distribution, w the class weights):
     loss_i = -sum_c w_c q_c log p_c
     grad_i = (p * sum_c w_c q_c - w * q) / D
 
-where D is the mean's denominator (1 for "sum" and "none").
+where D is the mean's denominator (1 for "sum" and "none"). The loss options
+of the language-model losses, in the order the issue defines: the logits are
+divided by ``temperature``, then soft-capped (cap * tanh(x / cap)), and the
+z-loss z * lse^2 of those final logits is added, unweighted, to every counted
+sample's loss; the gradient is chained back through the cap and the
+temperature (d/dx cap tanh(x / cap) = 1 / cosh(x / cap)^2).
 """
 
 import numpy as np
@@ -79,13 +84,20 @@ def _flatten(logits, target, axis, ignore_index, label_smoothing):
 
 
 def cross_entropy_and_grad(logits, target, axis=-1, weight=None, ignore_index=-100,
-                           label_smoothing=0.0, reduction="mean"):
+                           label_smoothing=0.0, reduction="mean", z_loss=0.0, softcap=None,
+                           temperature=1.0, denominator=None):
     """Return (loss, grad) in float64; grad has the logits' shape."""
     logits = np.asarray(logits, dtype=np.float64)
     axis = axis % logits.ndim
     A, q, y, valid, batch_shape = _flatten(
         logits, target, axis, ignore_index, label_smoothing)
     M, C = A.shape
+    A = A / temperature
+    dA = np.full_like(A, 1.0 / temperature)  # d(final logits) / d(logits)
+    if softcap is not None:
+        with np.errstate(over="ignore"):
+            dA = dA / np.cosh(A / softcap) ** 2
+        A = softcap * np.tanh(A / softcap)
     w = np.ones(C) if weight is None else np.asarray(weight, dtype=np.float64)
 
     m = np.max(A, axis=-1, keepdims=True) if C else np.zeros((M, 1))
@@ -104,6 +116,9 @@ def cross_entropy_and_grad(logits, target, axis=-1, weight=None, ignore_index=-1
         neg_log_p = (m - A) + np.log(s)
         terms = np.where(wq != 0.0, wq * neg_log_p, 0.0)
     per_sample = np.sum(terms, axis=-1)
+    with np.errstate(divide="ignore"):
+        lse = (m + np.log(s))[:, 0]
+    per_sample = per_sample + np.where(valid, z_loss * lse**2, 0.0)
     # A NaN logit poisons its sample even where its target mass is 0, unless the sample
     # is ignored (ignored samples have loss 0, as in torch).
     per_sample = np.where(np.isnan(A).any(axis=-1) & valid, np.nan, per_sample)
@@ -114,6 +129,8 @@ def cross_entropy_and_grad(logits, target, axis=-1, weight=None, ignore_index=-1
         D = float(np.sum(w[y[valid]]))
     else:
         D = float(M)
+    if denominator is not None:
+        D = float(denominator)
     if reduction == "none":
         loss = per_sample.reshape(batch_shape)
     elif reduction == "sum":
@@ -122,7 +139,8 @@ def cross_entropy_and_grad(logits, target, axis=-1, weight=None, ignore_index=-1
         loss = np.float64(np.nan) if D == 0 else np.float64(np.sum(per_sample) / D)
 
     with np.errstate(invalid="ignore"):
-        g = p * np.sum(wq, axis=-1, keepdims=True) - wq
+        g = p * (np.sum(wq, axis=-1, keepdims=True) + 2 * z_loss * lse[:, None]) - wq
+        g = g * dA
     if D == 0:
         g = np.zeros_like(g)
     elif np.isinf(D):

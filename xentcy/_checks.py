@@ -73,6 +73,17 @@ class CrossEntropyCall:
     # sum_c w_c in float64 (a 0-d array where the arrays are, or lazy), for the smoothing
     # term of class-index targets: computed once, here; None without weights or smoothing
     weight_sum: Any = None
+    # the language-model options (check_loss_options), in the order they apply: the logits
+    # are divided by the temperature, then soft-capped to softcap * tanh(x / softcap) (None:
+    # not), and z_loss * lse^2 of those final logits is added to each counted sample's loss
+    z_loss: float = 0.0
+    softcap: float | None = None
+    temperature: float = 1.0
+
+    @property
+    def transformed(self) -> bool:
+        """Whether the logits are transformed (a temperature other than 1, or a soft-cap)."""
+        return self.temperature != 1.0 or self.softcap is not None
 
     @property
     def num_samples(self) -> int:
@@ -175,6 +186,29 @@ def check_options(ignore_index: Any, label_smoothing: Any, reduction: Any) -> tu
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}")
     return int(ignore_index), eps
+
+
+def _positive_real(value: Any, name: str, what: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+    return float(value)
+
+
+def check_loss_options(z_loss: Any, softcap: Any, temperature: Any) -> tuple[float, float | None, float]:
+    """(z_loss, softcap, temperature) of a loss call: z_loss a finite number >= 0, softcap None
+    or a positive finite number, temperature a positive finite number."""
+    z = _positive_real(z_loss, "z_loss", "a finite number >= 0")
+    if not (math.isfinite(z) and z >= 0.0):
+        raise ValueError(f"z_loss must be a finite number >= 0, got {z}")
+    cap = None
+    if softcap is not None:
+        cap = _positive_real(softcap, "softcap", "None or a positive finite number")
+        if not (math.isfinite(cap) and cap > 0.0):
+            raise ValueError(f"softcap must be None or a positive finite number, got {cap}")
+    t = _positive_real(temperature, "temperature", "a positive finite number")
+    if not (math.isfinite(t) and t > 0.0):
+        raise ValueError(f"temperature must be a positive finite number, got {t}")
+    return z, cap, t
 
 
 def _effective_smoothing(xp: Namespace, eps: float, num_classes: int, dtype: Any) -> float:
@@ -282,10 +316,14 @@ def check_cross_entropy(
     label_smoothing: Any,
     reduction: Any,
     dtypes: tuple[Any, ...] | None,
+    z_loss: Any = 0.0,
+    softcap: Any = None,
+    temperature: Any = 1.0,
 ) -> CrossEntropyCall:
     """Check every argument of a cross-entropy call; return it normalised."""
     check_logits(xp, logits, "logits", dtypes)
     ignore_index, eps = check_options(ignore_index, label_smoothing, reduction)
+    z, cap, temp = check_loss_options(z_loss, softcap, temperature)
     ax = normalize_axis(axis, logits.ndim)
     num_classes = int(logits.shape[ax])
     if num_classes == 0:
@@ -330,6 +368,9 @@ def check_cross_entropy(
         reduction=reduction,
         traced=traced(logits) or traced(target),
         weight_sum=None if w is None or eps == 0.0 else xp.sum(xp.astype(w, sum_dtype(xp))),
+        z_loss=z,
+        softcap=cap,
+        temperature=temp,
     )
 
 

@@ -60,21 +60,26 @@ cdef extern from "xent_dispatch.h" nogil:
         int nt_store
         ptrdiff_t* rank
         double* entropy
+        double z_loss, temperature, softcap
     ctypedef void (*xent_rows_fn)(const xent_args*, ptrdiff_t, ptrdiff_t, void*) noexcept nogil
     ctypedef struct xent_kernels:
         const char* name
         xent_rows_fn cross_entropy[2]
+        xent_rows_fn cross_entropy_tx[2]
         xent_rows_fn softmax[2]
         xent_rows_fn logsumexp[2]
         xent_rows_fn evaluate[2]
         xent_rows_fn compare[2]
         void (*exp_f32)(const float*, float*, ptrdiff_t) noexcept nogil
         void (*exp_f64)(const double*, double*, ptrdiff_t) noexcept nogil
+        void (*tanh_f32)(const float*, float*, float*, ptrdiff_t) noexcept nogil
+        void (*tanh_f64)(const double*, double*, double*, ptrdiff_t) noexcept nogil
         void (*count_kept)(const ptrdiff_t*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t*, ptrdiff_t*) noexcept nogil
     const xent_kernels* xent_tables
     int XENT_N_ISA
     int xent_isa_supported(int isa)
     int xent_best_isa()
+    ptrdiff_t xent_tx_scratch(ptrdiff_t C, ptrdiff_t itemsize)
 
 ctypedef fused floating:
     float
@@ -156,6 +161,19 @@ def vector_exp(const floating[::1] x, floating[::1] out):
         _kernels.exp_f64(&x[0], &out[0], x.shape[0])
 
 
+def vector_tanh(const floating[::1] x, floating[::1] out, floating[::1] sech2):
+    """tanh of every element of x into out, and 1 - tanh^2 into sech2, with the kernels' vector
+    tanh (for the tests)."""
+    _check_length("out", out.shape[0], x.shape[0])
+    _check_length("sech2", sech2.shape[0], x.shape[0])
+    if x.shape[0] == 0:
+        return
+    if floating is float:
+        _kernels.tanh_f32(&x[0], &out[0], &sech2[0], x.shape[0])
+    else:
+        _kernels.tanh_f64(&x[0], &out[0], &sech2[0], x.shape[0])
+
+
 cdef int _threads(Py_ssize_t N, Py_ssize_t C) noexcept nogil:
     if N * C < PARALLEL_MIN_ELEMENTS or N < 2:
         return 1
@@ -179,12 +197,15 @@ cdef inline bint _stream(bint want_grad, Py_ssize_t N, Py_ssize_t row_bytes) noe
 
 
 cdef void _run_with_scratch(
-    xent_rows_fn fn, const xent_args* k, Py_ssize_t N, Py_ssize_t C, Py_ssize_t itemsize
+    xent_rows_fn fn, const xent_args* k, Py_ssize_t N, Py_ssize_t C, Py_ssize_t itemsize,
+    Py_ssize_t values=0,
 ):
-    """fn over the rows on the chosen threads, each with room for a row of exp(A_c - m)
-    and the kernels' block shifts (elements of ``itemsize`` bytes)."""
+    """fn over the rows on the chosen threads, each with room for ``values`` elements of
+    ``itemsize`` bytes (0: a row of exp(A_c - m) and the kernels' block shifts)."""
     cdef int n_threads = _threads(N, C)
-    cdef unsigned char[:, ::1] scratch = np.empty((n_threads, (C + C // 64 + 2) * itemsize), np.uint8)
+    if values == 0:
+        values = C + C // 64 + 2
+    cdef unsigned char[:, ::1] scratch = np.empty((n_threads, values * itemsize), np.uint8)
     with nogil:
         _run(fn, k, N, n_threads, <char*>&scratch[0, 0], scratch.strides[0])
 
@@ -203,7 +224,11 @@ cdef void _run_cross_entropy(
     k.per_row_out = &loss[0]
     k.C = C
     k.nt_store = _stream(G is not None, N, C * <Py_ssize_t>sizeof(floating))
-    _run_with_scratch(_kernels.cross_entropy[_dtype(<floating*>NULL)], k, N, C, sizeof(floating))
+    if k.temperature != 1.0 or k.softcap > 0:
+        _run_with_scratch(_kernels.cross_entropy_tx[_dtype(<floating*>NULL)], k, N, C, sizeof(floating),
+                          xent_tx_scratch(C, sizeof(floating)))
+    else:
+        _run_with_scratch(_kernels.cross_entropy[_dtype(<floating*>NULL)], k, N, C, sizeof(floating))
 
 
 cdef _check_logits(const floating[:, :] A, Py_ssize_t n_out):
@@ -225,11 +250,22 @@ cdef _check_gradient(const floating[:, :] G, Py_ssize_t N, Py_ssize_t C):
 
 
 cdef void _set_logits(xent_args* k, const floating[:, :] A) noexcept:
-    """k zeroed, then the (N, C) logits rows it reads."""
+    """k zeroed (no z-loss, temperature 1, no soft-cap), then the (N, C) logits rows it reads."""
     memset(k, 0, sizeof(xent_args))
+    k.temperature = 1.0
     k.A = <const char*>&A[0, 0]
     k.a_stride = A.strides[0]
     k.C = A.shape[1]
+
+
+cdef _set_options(xent_args* k, double z_loss, double temperature, double softcap):
+    """The loss options into k, checked again here (the kernels rely on them)."""
+    if not (z_loss >= 0 and temperature > 0 and softcap >= 0) or isinf(z_loss) or isinf(temperature) or isinf(softcap):
+        raise ValueError(
+            f"z_loss must be >= 0, temperature > 0 and softcap >= 0, all finite; "
+            f"got {z_loss}, {temperature}, {softcap}"
+        )
+    k.z_loss, k.temperature, k.softcap = z_loss, temperature, softcap
 
 
 def cross_entropy_index(
@@ -242,6 +278,9 @@ def cross_entropy_index(
     double scale,                       # IN  the gradient's factor (1/D for the mean)
     floating[:, :] G,                   # OUT (N, C) gradient, or None for the losses alone
     double[::1] loss,                   # OUT (N,) per-row losses
+    double z_loss=0.0,                  # IN  the z-loss's factor (0: none)
+    double temperature=1.0,             # IN  the logits are divided by it, then
+    double softcap=0.0,                 # IN  soft-capped to softcap tanh(x / softcap) (0: not)
 ):
     """Per-row losses of class-index targets into ``loss``; the gradient into G.
 
@@ -260,6 +299,7 @@ def cross_entropy_index(
     k.w = &weight[0] if weight is not None else NULL
     k.w_sum = weight_sum if weight is not None else C
     k.eps, k.scale, k.ignore_index = eps, scale, ignore_index
+    _set_options(&k, z_loss, temperature, softcap)
     _run_cross_entropy(&k, G, loss, N, C)
 
 
@@ -271,6 +311,9 @@ def cross_entropy_prob(
     double scale,                       # IN  the gradient's factor
     floating[:, :] G,                   # OUT (N, C) gradient, or None for the losses alone
     double[::1] loss,                   # OUT (N,) per-row losses
+    double z_loss=0.0,                  # IN  as in cross_entropy_index
+    double temperature=1.0,
+    double softcap=0.0,
 ):
     """Per-row losses of probability targets into ``loss``; the gradient into G."""
     cdef Py_ssize_t N = A.shape[0], C = A.shape[1]
@@ -286,6 +329,7 @@ def cross_entropy_prob(
     k.q_stride = Q.strides[0]
     k.w = &weight[0] if weight is not None else NULL
     k.eps, k.scale = eps, scale
+    _set_options(&k, z_loss, temperature, softcap)
     _run_cross_entropy(&k, G, loss, N, C)
 
 
@@ -488,6 +532,7 @@ cdef XLA_FFI_Error* _xla_cross_entropy(XLA_FFI_CallFrame* frame) noexcept nogil:
             for i in range(N):
                 y[i] = <ptrdiff_t>xent_xla_index(&c, i)
         memset(&k, 0, sizeof(xent_args))
+        k.temperature = 1.0
         k.A = c.A
         k.a_stride = C * itemsize
         k.y = y

@@ -43,7 +43,28 @@ typedef struct {
     int nt_store;         /* write rows_out with non-temporal stores (much larger than the caches) */
     ptrdiff_t* rank;      /* the evaluation rows' outputs besides the loss (per_row_out) */
     double* entropy;
+    double z_loss;        /* the z-loss's factor z (0: none) */
+    double temperature;   /* the logits are divided by it first (cross_entropy_tx; 1 elsewhere) */
+    double softcap;       /* then soft-capped to cap tanh(x / cap) where it is > 0 (cross_entropy_tx) */
 } xent_args;
+
+/* Bytes of transformed logits a chunk of the cross_entropy_tx kernels holds (three such
+ * buffers, z, d and dL/dz, per thread: L2-sized with the plain kernel's row scratch). */
+#define XENT_TX_BYTES (32 * 1024)
+
+/* The rows of a chunk of cross_entropy_tx: whole rows, at least one, a multiple of 16 (the
+ * widest vector's lanes, for the few-class path's blocks) where more than 16 fit. */
+static ptrdiff_t xent_tx_rows(ptrdiff_t C, ptrdiff_t itemsize) {
+    ptrdiff_t r = XENT_TX_BYTES / (C * itemsize);
+    r = r < 1 ? 1 : r;
+    return r > 16 ? r - r % 16 : r;
+}
+
+/* The scratch values (of the dtype) a thread of cross_entropy_tx needs: z, d and dL/dz of a
+ * chunk, and the plain kernel's own. */
+static ptrdiff_t xent_tx_scratch(ptrdiff_t C, ptrdiff_t itemsize) {
+    return 3 * xent_tx_rows(C, itemsize) * C + C + C / 64 + 2;
+}
 
 /* The rows [begin, end) of a call; scratch holds C + C / 64 + 2 values of the dtype, per thread. */
 typedef void (*xent_rows_fn)(const xent_args*, ptrdiff_t begin, ptrdiff_t end, void* scratch);
@@ -51,12 +72,15 @@ typedef void (*xent_rows_fn)(const xent_args*, ptrdiff_t begin, ptrdiff_t end, v
 typedef struct {
     const char* name;
     xent_rows_fn cross_entropy[2];  /* [0] float, [1] double */
+    xent_rows_fn cross_entropy_tx[2];  /* of transformed logits (temperature, soft-cap) */
     xent_rows_fn softmax[2];
     xent_rows_fn logsumexp[2];
     xent_rows_fn evaluate[2];
     xent_rows_fn compare[2];        /* KL and argmax agreement of the row pairs A, Q */
     void (*exp_f32)(const float*, float*, ptrdiff_t);
     void (*exp_f64)(const double*, double*, ptrdiff_t);
+    void (*tanh_f32)(const float*, float*, float*, ptrdiff_t);
+    void (*tanh_f64)(const double*, double*, double*, ptrdiff_t);
     void (*count_kept)(const ptrdiff_t*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t*, ptrdiff_t*);
 } xent_kernels;
 
@@ -100,11 +124,13 @@ typedef struct {
 #define XENT_TABLE(isa)                                                                     \
     {#isa,                                                                                  \
      {cross_entropy_##isa##_f32, cross_entropy_##isa##_f64},                                \
+     {cross_entropy_tx_##isa##_f32, cross_entropy_tx_##isa##_f64},                          \
      {softmax_##isa##_f32, softmax_##isa##_f64},                                            \
      {logsumexp_##isa##_f32, logsumexp_##isa##_f64},                                        \
      {evaluate_##isa##_f32, evaluate_##isa##_f64},                                          \
      {compare_##isa##_f32, compare_##isa##_f64},                                            \
      exp_array_##isa##_f32, exp_array_##isa##_f64,                                          \
+     tanh_array_##isa##_f32, tanh_array_##isa##_f64,                                        \
      count_kept_##isa##_idx}
 
 enum { XENT_BASELINE = 0, XENT_AVX2 = 1, XENT_AVX512_ISA = 2, XENT_N_ISA = 3 };

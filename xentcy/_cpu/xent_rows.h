@@ -566,6 +566,17 @@ static XENT_TARGET XN(sums_t) XN(max_sum_exp_mass)(
     return r;
 }
 
+/* The z-loss of a counted row (PaLM's auxiliary loss): z lse^2, lse = m + log s the row's
+ * logsumexp, added to *loss; returns 2 z lse, what the row's softmax p_c is multiplied by in
+ * its gradient (0 without a z-loss, so that the gradient is then the same bits as without). */
+XI double XN(z_loss)(const xent_args* k, T m, double log_s, double* loss) {
+    if (k->z_loss == 0.0)
+        return 0.0;
+    double lse = (double)m + log_s;
+    *loss += k->z_loss * lse * lse;
+    return 2.0 * k->z_loss * lse;
+}
+
 /* g_c = k1 e_c - scale w_c q_c with e_c = exp(A_c - m) and k1 = scale sum_k w_k q_k / s:
  * the gradient. Where nt, g is written around the caches (it is not read again
  * soon, and the store skips reading g's lines from memory first). */
@@ -618,6 +629,9 @@ static XENT_TARGET double XN(index_row)(const xent_args* k, const T* a, ptrdiff_
          * no mass adds nothing, even where log s is infinite (as in the probability rows) */
         loss += smooth * (t + (k->w_sum != 0.0 ? k->w_sum * log_s : 0.0));
     }
+    /* the z-loss z lse^2 (unweighted), and its gradient's 2 z lse p_c: the p_c of the
+     * gradient come with the factor sum_k w_k q_k + zz, zz = 2 z lse (0 without it) */
+    double zz = XN(z_loss)(k, m, log_s, &loss);
     if (isnan(r.s))
         loss = NAN;  /* a NaN logit gives its sample NaN, even at zero target mass */
     if (g) {
@@ -629,16 +643,16 @@ static XENT_TARGET double XN(index_row)(const xent_args* k, const T* a, ptrdiff_
          * smoothing q_c = 0 there, and a class of zero mass adds nothing, whatever its weight
          * (a NaN or inf w_c would otherwise turn 0 w_c into NaN) */
         total_mass = (1.0 - eps) * w_y + (eps != 0.0 ? smooth * k->w_sum : 0.0);
-        XN(grad_row)(e, NULL, eps != 0.0 ? w : NULL, C, (T)(k->scale * total_mass / r.s), 0, (T)smooth, (T)k->scale, g,
-                     k->nt_store);
+        XN(grad_row)(e, NULL, eps != 0.0 ? w : NULL, C, (T)(k->scale * (total_mass + zz) / r.s), 0, (T)smooth,
+                     (T)k->scale, g, k->nt_store);
         /* ... and q_y = 1 - eps + eps / C on it */
         if (r.p >= 0 && a_y == m && isfinite(total_mass))
             /* y at the max (left out of s1): p_y - 1 = -(s - 1) / s, and sum_k w_k q_k - w_y q_y
              * = (eps / C)(sum_k w_k - w_y) (0 for C = 1, so that the gradient is then exactly 0) */
-            g[y] = (T)(k->scale * ((eps != 0.0 ? smooth * (k->w_sum - w_y) : 0.0) - total_mass * r.s1 / r.s));
+            g[y] = (T)(k->scale * ((eps != 0.0 ? smooth * (k->w_sum - w_y) : 0.0) - total_mass * r.s1 / r.s + zz / r.s));
         else
             /* (the same sum as total_mass for C = 1, so that the gradient is then exactly 0) */
-            g[y] = (T)(k->scale * (exp((double)a_y - m) / r.s * total_mass - ((1.0 - eps) * w_y + smooth * w_y)));
+            g[y] = (T)(k->scale * (exp((double)a_y - m) / r.s * (total_mass + zz) - ((1.0 - eps) * w_y + smooth * w_y)));
     }
     return loss;
 }
@@ -656,21 +670,24 @@ static XENT_TARGET double XN(prob_row)(
     XN(sums_t) r = XN(max_sum_exp_mass)(a, C, g ? e : NULL, next, &mass, &m, -1, 1);
     /* mass.total leaves out w_p q_p of the class p at the max */
     total_mass = r.p >= 0 ? mass.total + mass.wq_p : mass.total;
+    /* loss = sum_c w_c q_c ((m - A_c) + log s), and the z-loss (as in index_row) */
+    double log_s = XN(log_s)(r), loss = total_mass != 0.0 ? mass.t + total_mass * log_s : mass.t;
+    double zz = XN(z_loss)(k, m, log_s, &loss);
     if (g) {
         if (k->scale == 0.0) {
             memset(g, 0, C * sizeof(T));
         } else {
             XN(grad_row)(
-                e, q, (const T*)k->w, C, (T)(k->scale * total_mass / r.s), (T)(1.0 - eps), (T)(eps / C),
+                e, q, (const T*)k->w, C, (T)(k->scale * (total_mass + zz) / r.s), (T)(1.0 - eps), (T)(eps / C),
                 (T)k->scale, g, k->nt_store
             );
             if (r.p >= 0 && isfinite(total_mass))
                 /* at the max: p_p sum_k w_k q_k - w_p q_p = sum_{k != p} w_k q_k - sum_k w_k q_k (s - 1) / s */
-                g[r.p] = (T)(k->scale * (mass.total - total_mass * r.s1 / r.s));
+                g[r.p] = (T)(k->scale * (mass.total - total_mass * r.s1 / r.s + zz / r.s));
         }
     }
-    /* loss = sum_c w_c q_c ((m - A_c) + log s); a NaN logit gives NaN, even at zero mass */
-    return isnan(r.s) ? NAN : total_mass != 0.0 ? mass.t + total_mass * XN(log_s)(r) : mass.t;
+    /* a NaN logit gives NaN, even at zero mass */
+    return isnan(r.s) ? NAN : loss;
 }
 
 #if XENT_AVX512 && XENT_F32
@@ -896,6 +913,7 @@ typedef struct {
 typedef struct {
     V s, s1;      /* s = sum_c exp(A_c - m), and s - 1 with its digits however small */
     V total;      /* sum_c w_c q_c */
+    V zz;         /* 2 z lse, the z-loss's factor of p_c in the gradient (0 without one) */
     V fill;       /* what a row that is not computed holds: 0 where ignored, NaN for a bad index */
     IV at_max;    /* class indices: the lanes whose target is at the (finite) max */
 } XN(block_sums_t);
@@ -962,25 +980,32 @@ XI V XN(small_loss)(const xent_args* k, const XN(small_call_t)* sc, const XN(lan
         s1 = XN(select)(at_max, s, s - 1);
         s = XN(select)(at_max, s + 1, s);
     }
-    V log_s = XN(log1p_of)(s, s1), wy1 = onem * ln->w_y;
+    V log_s = XN(log1p_of)(s, s1), wy1 = onem * ln->w_y, zz = zero, z_term = zero;
     V fill = (V)((ln->y == -2) & (IV)XN(splat)(NAN));
+    if (k->z_loss != 0.0) {
+        /* the z-loss z lse^2, lse = m + log s, as in index_row */
+        V lse = m + log_s;
+        z_term = (T)k->z_loss * lse * lse;
+        zz = (T)(2.0 * k->z_loss) * lse;
+    }
     if (k->Q) {
         /* loss = sum_c w_c q_c ((m - A_c) + log s) */
         /* s - s: 0, or NaN where a logit is NaN (or +inf), which then gives NaN even at zero mass */
-        loss = XN(select)(total != 0, t + total * log_s, t + (s - s));
+        loss = XN(select)(total != 0, t + total * log_s, t + (s - s)) + z_term;
     } else {
         /* (1 - eps) w_y ((m - A_y) + log s), skipped at zero mass, and
          * the smoothing term (eps / C) (sum_c w_c (m - A_c) + log s sum_c w_c) */
         loss = XN(select)(wy1 != 0, wy1 * ((m - ln->a_y) + log_s), s - s);  /* s - s: as above */
         if (smoothing)
             loss += smooth * (t + (k->w_sum != 0 ? (T)k->w_sum * log_s : zero));
-        loss = XN(select)(ln->keep, loss, fill);
+        loss = XN(select)(ln->keep, loss + z_term, fill);
         /* without smoothing, a weight of a class of zero mass (NaN or inf too) adds nothing */
         total = smoothing ? wy1 + smooth * (T)k->w_sum : wy1;
     }
     out->s = s;
     out->s1 = s1;
     out->total = total;
+    out->zz = zz;
     out->fill = fill;
     out->at_max = at_max;
     return loss;
@@ -993,7 +1018,7 @@ XI void XN(small_gradient)(const xent_args* k, const XN(small_call_t)* sc, const
     const T* w = sc->w;
     const T onem = sc->onem, smooth = sc->smooth, scale = sc->scale;
     const int smoothing = sc->smoothing;
-    V zero = XN(splat)(0), s = b->s, s1 = b->s1, total = b->total, fill = b->fill;
+    V zero = XN(splat)(0), s = b->s, s1 = b->s1, total = b->total + b->zz, fill = b->fill;
     V k1 = 1 / s * total, mass;
     if (scale == 0) {
         for (ptrdiff_t c = 0; c < C; c++)
@@ -1016,7 +1041,9 @@ XI void XN(small_gradient)(const xent_args* k, const XN(small_call_t)* sc, const
          * (eps / C)(sum_k w_k - w_y) - total (s - 1) / s: p_y - 1 = -(s - 1) / s, and
          * total (s - 1) / s = (s - 1) k1 (no second division) */
         V delta = smoothing ? smooth * ((T)k->w_sum - ln->w_y) : zero;
-        mass_y = XN(select)(b->at_max, s1 * k1 - delta, mass_y);
+        /* (with a z-loss, total holds zz too: k1 = (sum_k w_k q_k + zz) / s, and at the max
+         * p_y zz = zz - zz (s - 1) / s) */
+        mass_y = XN(select)(b->at_max, s1 * k1 - delta - b->zz, mass_y);
         const T* w_off = smoothing ? w : NULL;  /* off the target, q_c = 0 without smoothing */
         XENT_UNROLL
         for (ptrdiff_t c = 0; c < C; c++) {
@@ -1140,6 +1167,124 @@ static XENT_TARGET void XN(cross_entropy)(const xent_args* k, ptrdiff_t begin, p
     if (k->nt_store)
         _mm_sfence();  /* the streamed stores are visible before the threads join */
 #endif
+}
+
+/* One row of the logits' transform: x = A / temperature, then, where cap > 0, cap tanh(x / cap)
+ * into z, and 1 - tanh(x / cap)^2 (its derivative's factor) into d unless d is NULL. */
+XI void XN(transform_vec)(const T* a, ptrdiff_t c, ptrdiff_t n, T temperature, T cap, T* z, T* d) {
+    V x = n == W ? XN(load)(a + c) : XN(load_part)(a + c, n, 0), dv;
+    if (temperature != 1)
+        x = x / temperature;
+    if (cap > 0) {
+        x = cap * XN(tanh_impl)(x / cap, &dv);
+        if (d) {
+            if (n == W)
+                XN(store)(d + c, dv);
+            else
+                XN(store_part)(d + c, dv, n);
+        }
+    }
+    if (n == W)
+        XN(store)(z + c, x);
+    else
+        XN(store_part)(z + c, x, n);
+}
+
+static XENT_TARGET void XN(transform_row)(const T* a, ptrdiff_t C, T temperature, T cap, T* z, T* d) {
+    ptrdiff_t c = 0;
+    for (; c + W <= C; c += W)
+        XN(transform_vec)(a, c, W, temperature, cap, z, d);
+    if (c < C)
+        XN(transform_vec)(a, c, C - c, temperature, cap, z, d);
+}
+
+/* The chain rule into the logits' gradient: dL/dA_c = dL/dz_c (1 - tanh^2) / temperature. */
+XI V XN(chain_expr)(V g, const T* d, ptrdiff_t c, ptrdiff_t n, T temperature) {
+    if (d)
+        g = g * (n == W ? XN(load)(d + c) : XN(load_part)(d + c, n, 0));
+    return temperature != 1 ? g / temperature : g;
+}
+
+/* One gradient row through the chain rule, from gz (dL/dz) into g, streamed where nt (as grad_row). */
+static XENT_TARGET void XN(chain_row)(const T* gz, const T* d, ptrdiff_t C, T temperature, T* g, int nt) {
+    ptrdiff_t c = 0, head = 0;
+    if (nt && (uintptr_t)g % sizeof(T) == 0)
+        head = (ptrdiff_t)((XENT_VBYTES - (uintptr_t)g % XENT_VBYTES) % XENT_VBYTES / sizeof(T));
+    else
+        nt = 0;
+    head = head < C ? head : C;
+    if (head > 0) {
+        XN(store_part)(g, XN(chain_expr)(XN(load_part)(gz, head, 0), d, 0, head, temperature), head);
+        c = head;
+    }
+    if (nt) {
+        for (; c + W <= C; c += W)
+            XN(stream)(g + c, XN(chain_expr)(XN(load)(gz + c), d, c, W, temperature));
+    } else {
+        for (; c + W <= C; c += W)
+            XN(store)(g + c, XN(chain_expr)(XN(load)(gz + c), d, c, W, temperature));
+    }
+    if (c < C)
+        XN(store_part)(g + c, XN(chain_expr)(XN(load_part)(gz + c, C - c, 0), d, c, C - c, temperature), C - c);
+}
+
+/* The cross-entropy of transformed logits (k->temperature != 1 or k->softcap > 0): a chunk
+ * of xent_tx_rows rows at a time, the transformed rows z (and the soft-cap's derivative d)
+ * into this thread's scratch, then the plain kernel over them, its gradient dL/dz into the
+ * scratch too, then the chain rule into the gradient's rows. Everything but A and G stays
+ * in the caches (a chunk is XENT_TX_BYTES a buffer), so A is read and G written once, as
+ * without the transform. scratch: xent_tx_scratch(C) values. */
+static XENT_TARGET void XN(cross_entropy_tx)(const xent_args* k, ptrdiff_t begin, ptrdiff_t end, void* scratch) {
+    ptrdiff_t C = k->C, R = xent_tx_rows(C, sizeof(T)), row_bytes = C * (ptrdiff_t)sizeof(T);
+    T *z = (T*)scratch, *d = z + R * C, *gz = d + R * C;
+    const T temperature = (T)k->temperature, cap = (T)k->softcap;
+    const int want = k->rows_out != NULL, capped = k->softcap > 0;
+    double* loss = (double*)k->per_row_out;
+    for (ptrdiff_t r0 = begin; r0 < end; r0 += R) {
+        ptrdiff_t n = end - r0 < R ? end - r0 : R;
+        for (ptrdiff_t i = 0; i < n; i++)
+            XN(transform_row)(ROW(k->A, k->a_stride, r0 + i), C, temperature, cap, z + i * C,
+                              want && capped ? d + i * C : NULL);
+        /* the rows of the chunk, as a call of their own on the transformed logits */
+        xent_args sub = *k;
+        sub.A = (const char*)z;
+        sub.a_stride = row_bytes;
+        sub.y = k->y ? k->y + r0 : NULL;
+        sub.Q = k->Q ? k->Q + r0 * k->q_stride : NULL;
+        sub.rows_out = want ? (char*)gz : NULL;
+        sub.rows_out_stride = row_bytes;
+        sub.per_row_out = loss + r0;
+        sub.nt_store = 0;
+        XN(cross_entropy)(&sub, 0, n, gz + R * C);
+        if (!want)
+            continue;
+        for (ptrdiff_t i = 0; i < n; i++) {
+            T* g = OUT_ROW(k->rows_out, k->rows_out_stride, r0 + i);
+            if (k->scale == 0.0 || (k->y && k->y[r0 + i] == k->ignore_index))
+                /* exactly 0, whatever the logits (a NaN logit's derivative is NaN) */
+                memset(g, 0, row_bytes);
+            else
+                XN(chain_row)(gz + i * C, capped ? d + i * C : NULL, C, temperature, g, k->nt_store);
+        }
+    }
+#if XENT_X86
+    if (k->nt_store)
+        _mm_sfence();
+#endif
+}
+
+/* tanh and 1 - tanh^2 of n values, for the tests of the vector tanh. */
+static XENT_TARGET void XN(tanh_array)(const T* x, T* out, T* sech2, ptrdiff_t n) {
+    ptrdiff_t c = 0;
+    V d;
+    for (; c + W <= n; c += W) {
+        XN(store)(out + c, XN(tanh_impl)(XN(load)(x + c), &d));
+        XN(store)(sech2 + c, d);
+    }
+    if (c < n) {
+        XN(store_part)(out + c, XN(tanh_impl)(XN(load_part)(x + c, n - c, 0), &d), n - c);
+        XN(store_part)(sech2 + c, d, n - c);
+    }
 }
 
 /* softmax (or log_softmax where k->log_space) of each row into G. */
