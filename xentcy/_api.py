@@ -116,6 +116,7 @@ def _prepare_cross_entropy(
     reduction: str,
     out: Array | None = None,
     given: object = None,
+    options: dict[str, object] | None = None,
 ) -> tuple[Backend, _checks.CrossEntropyCall, object]:
     backend, call = checked_call(
         {"logits": logits, "target": target, "out": out},
@@ -124,6 +125,7 @@ def _prepare_cross_entropy(
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
         reduction=reduction,
+        **(options or {}),
     )
     return backend, call, denominator(backend, call, given)
 
@@ -157,6 +159,9 @@ def cross_entropy(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     reduction: Reduction = "mean",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    temperature: float = 1.0,
     denominator: float | None = None,
 ) -> Array:
     """Softmax cross-entropy loss of ``logits`` against ``target``.
@@ -186,6 +191,19 @@ def cross_entropy(
         "mean" divides the sum of the per-sample losses by the sum of the
         target classes' weights (class indices) or the number of samples
         (probabilities); "none" returns the per-sample losses.
+    z_loss : float, default 0.0
+        z ≥ 0: adds z · lse² to each counted sample's loss (PaLM's auxiliary
+        z-loss), lse = log Σ_c exp(final logits), unweighted by ``weight``,
+        reduced with the rest (the mean divides it by the same D); its
+        gradient is 2 z · lse · softmax. The part alone is
+        ``z_loss * logsumexp(final logits) ** 2``: see :func:`logsumexp`.
+    softcap : float, optional
+        cap > 0: the logits become cap · tanh(logits / cap) before the loss
+        (Gemma-style soft-capping), and the gradient is chained through the
+        tanh.
+    temperature : float, default 1.0
+        T > 0: the logits are divided by T first. The order: divided by the
+        temperature, then soft-capped, then the loss and z-loss.
     denominator : float, optional
         With "mean", the number it divides by instead (the gradient too): for
         gradient accumulation over micro-batches or data-parallel ranks, the
@@ -209,7 +227,8 @@ def cross_entropy(
         computed), an ``ignore_index`` outside int64, an unknown reduction, a
         smoothing outside [0, 1], a weight of the wrong size, dimensions of
         unknown size, a ``denominator`` that is not a positive finite number or
-        comes with another reduction than "mean".
+        comes with another reduction than "mean", a negative ``z_loss``, a
+        ``softcap`` or ``temperature`` that is not a positive finite number.
 
     Examples
     --------
@@ -222,12 +241,20 @@ def cross_entropy(
     array(2.01850839)
     >>> xc.cross_entropy(A, np.array([[0, 1, 0], [1, 0, 0]]), reduction="none").round(3)
     array([1.417, 2.62 ])
+
+    A language model's options: logits soft-capped at 30, and a z-loss:
+
+    >>> y = np.array([1, 0])
+    >>> capped = 30 * np.tanh(A / 30)
+    >>> loss = xc.cross_entropy(A, y, softcap=30.0, z_loss=1e-4)
+    >>> bool(np.isclose(loss, xc.cross_entropy(capped, y) + 1e-4 * np.mean(xc.logsumexp(capped) ** 2)))
+    True
     """
     with _dispatch.route({"logits": logits, "target": target, "weight": weight}) as r:
         a = r.arrays
         backend, call, denom = _prepare_cross_entropy(
             a["logits"], a["target"], axis, a["weight"], ignore_index, label_smoothing, reduction,
-            given=denominator,
+            given=denominator, options={"z_loss": z_loss, "softcap": softcap, "temperature": temperature},
         )
         losses, _ = backend.cross_entropy_rows(call, want_grad=False, out=None, grad_scale=0.0)
         return r.back(_reductions.reduce_losses(call, losses, denom))
@@ -243,6 +270,9 @@ def loss_and_grad(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     reduction: Reduction = "mean",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    temperature: float = 1.0,
     denominator: float | None = None,
     out: Array | None = None,
     inplace: bool = False,
@@ -289,7 +319,8 @@ def loss_and_grad(
         a = r.arrays
         logits, target, weight, out = a["logits"], a["target"], a["weight"], a["out"]
         backend, call, denom = _prepare_cross_entropy(
-            logits, target, axis, weight, ignore_index, label_smoothing, reduction, out, given=denominator
+            logits, target, axis, weight, ignore_index, label_smoothing, reduction, out, given=denominator,
+            options={"z_loss": z_loss, "softcap": softcap, "temperature": temperature},
         )
         _checks.check_grad_output(
             call, out, inplace, backend, {"logits": logits, "target": target, "weight": weight}
@@ -313,6 +344,9 @@ def cross_entropy_grad(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     reduction: Reduction = "mean",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    temperature: float = 1.0,
     denominator: float | None = None,
 ) -> Array:
     """The gradient of :func:`cross_entropy` with respect to ``logits``.
@@ -340,5 +374,8 @@ def cross_entropy_grad(
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
         reduction=reduction,
+        z_loss=z_loss,
+        softcap=softcap,
+        temperature=temperature,
         denominator=denominator,
     )[1]

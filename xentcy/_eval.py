@@ -7,6 +7,7 @@ the means are float64 and the counts integers, so batches, shards and workers me
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import sys
@@ -149,8 +150,11 @@ class Evaluator:
 
     Parameters
     ----------
-    axis, weight, ignore_index, label_smoothing
-        As in :func:`xentcy.cross_entropy`, for every batch.
+    axis, weight, ignore_index, label_smoothing, softcap, temperature
+        As in :func:`xentcy.cross_entropy`, for every batch: the metrics are those of
+        the final logits (divided by the temperature, then soft-capped), the model's
+        distribution. The ``z_loss`` of training is not taken: the loss reported is the
+        cross-entropy, whose exp is the perplexity.
     top_k : int or sequence of int, default (1, 5)
         The k of the top-k accuracies.
 
@@ -174,12 +178,15 @@ class Evaluator:
         weight: Array = None,
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
+        softcap: float | None = None,
+        temperature: float = 1.0,
         top_k: Any = (1, 5),
     ) -> None:
         self.axis = axis
         self.weight = weight
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
+        _, self.softcap, self.temperature = _checks.check_loss_options(0.0, softcap, temperature)
         self.top_k = _check_top_k(top_k)
         self.reset()
 
@@ -188,7 +195,8 @@ class Evaluator:
         self._state = _State(correct={k: 0 for k in self.top_k})
 
     def _settings(self) -> tuple[Any, ...]:
-        return (self.axis, self.ignore_index, float(self.label_smoothing), self.top_k)
+        return (self.axis, self.ignore_index, float(self.label_smoothing), self.top_k, self.softcap,
+                self.temperature)  # fmt: skip
 
     def update(self, logits: Array, target: Array = None, /, *, reference: Array = None) -> None:
         """Add one batch: ``logits`` and its ``target`` (as :func:`xentcy.cross_entropy`
@@ -201,6 +209,15 @@ class Evaluator:
         with _dispatch.route(arrays) as r:
             a = r.arrays
             self._update(a["logits"], a["target"], a["reference"], a["weight"])
+
+    def _final(self, xp: Namespace, logits: Array) -> Array:
+        """The logits the metrics are of: divided by the temperature, then soft-capped (a new
+        array where either is set)."""
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        if self.softcap is not None:
+            logits = self.softcap * xp.tanh(logits / self.softcap)
+        return logits
 
     def _update(self, logits: Array, target: Array, reference: Array, weight: Array) -> None:
         st = self._state
@@ -218,6 +235,9 @@ class Evaluator:
                 reduction="sum",
             )
             xp = call.xp
+            if self.temperature != 1.0 or self.softcap is not None:
+                logits = self._final(xp, logits)
+                call = dataclasses.replace(call, logits=logits)
             if backend.DEFERRED_INDEX_CHECK and call.class_indices:
                 denom, bad = _reductions.unchecked_denominator(call)
                 st.bad_batch = xp.where((st.bad_batch < 0) & bad, st.batches, st.bad_batch)
@@ -237,6 +257,7 @@ class Evaluator:
             xp = _dispatch.namespace(logits=logits, reference=reference)
             backend = _dispatch.backend(xp, logits)
             _checks.check_logits(xp, logits, "logits", backend.DTYPES)
+            logits = self._final(xp, logits)
             counted = None
         if reference is not None:
             self._update_reference(backend, xp, logits, reference, counted)
@@ -270,7 +291,7 @@ class Evaluator:
         if other._settings() != self._settings():
             raise ValueError(
                 f"other evaluates with different settings: {other._settings()} against {self._settings()} "
-                "(axis, ignore_index, label_smoothing, top_k)"
+                "(axis, ignore_index, label_smoothing, top_k, softcap, temperature)"
             )
         a, b = self._state, other._state
         for name in _SUMS + _COUNTS:
@@ -296,6 +317,11 @@ class Evaluator:
             "label_smoothing": float(self.label_smoothing),
             "top_k": list(self.top_k),
         }
+        # (the options only where set: a state saved before they existed still loads)
+        if self.softcap is not None:
+            out["settings"]["softcap"] = self.softcap
+        if self.temperature != 1.0:
+            out["settings"]["temperature"] = self.temperature
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -443,6 +469,8 @@ def evaluate(
     weight: Array = None,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
+    softcap: float | None = None,
+    temperature: float = 1.0,
     top_k: Any = (1, 5),
     batch_size: int | None = None,
     reference: Array = None,
@@ -456,8 +484,9 @@ def evaluate(
 
     Parameters
     ----------
-    logits, target, axis, weight, ignore_index, label_smoothing
-        As in :func:`xentcy.cross_entropy`. ``logits`` may be a NumPy memmap
+    logits, target, axis, weight, ignore_index, label_smoothing, softcap, temperature
+        As in :func:`xentcy.cross_entropy` (see :class:`Evaluator` for the last two).
+        ``logits`` may be a NumPy memmap
         (``np.load(path, mmap_mode="r")``) larger than memory; with ``batch_size``
         at most two batches of it are in memory at once. ``target`` may be None with
         ``reference``.
@@ -512,7 +541,8 @@ def evaluate(
     0.5
     """
     ev = Evaluator(
-        axis=axis, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing, top_k=top_k
+        axis=axis, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        softcap=softcap, temperature=temperature, top_k=top_k,
     )
     batch_size = _check_batch_size(batch_size)
     lane = _stream.lane_for(device)

@@ -101,20 +101,47 @@ def _target_rows(call: CrossEntropyCall, work: Any) -> Any:
     return q
 
 
+def _final_logits(call: CrossEntropyCall, a: Array, want_grad: bool) -> tuple[Array, Array | None]:
+    """(the logits the loss is computed on, the soft-cap's derivative or None): a divided by
+    the temperature, then soft-capped to cap tanh(x / cap). The derivative 1 - tanh^2 =
+    4e / (1 + e)^2, e = exp(-2 |x / cap|), keeps its digits where tanh rounds to 1 (and does
+    not overflow, as 1 / cosh^2 would)."""
+    xp = call.xp
+    if call.temperature != 1.0:
+        a = a / call.temperature
+    if call.softcap is None:
+        return a, None
+    u = a / call.softcap
+    derivative = None
+    if want_grad:
+        e = xp.exp(-2.0 * xp.abs(u))
+        derivative = 4.0 * e / ((1.0 + e) * (1.0 + e))
+    return call.softcap * xp.tanh(u), derivative
+
+
 def cross_entropy_rows(
     call: CrossEntropyCall, *, want_grad: bool, out: Array | None, grad_scale: Array
 ) -> tuple[Array, Array | None]:
     """Per-sample losses (float64 where the library has it) and, where ``want_grad``, the gradient."""
     xp, logits = call.xp, call.logits
     work = _work_dtype(xp, logits.dtype)
-    a = xp.moveaxis(xp.astype(logits, work), call.axis, -1)
+    a, d_logits = _final_logits(call, xp.moveaxis(xp.astype(logits, work), call.axis, -1), want_grad)
     wq = _target_rows(call, work)
-    z, _ = _shifted(xp, a)
+    z, m = _shifted(xp, a)
     s = xp.sum(xp.exp(z), axis=-1, keepdims=True)
     mass = xp.sum(wq, axis=-1, keepdims=True)  # sum_c w_c q_c
     # sum_c w_c q_c ((m - A_c) + log s); zero-mass classes add nothing, even at A_c = -inf
     t = xp.sum(wq * xp.where(wq != 0, -z, xp.zeros_like(z)), axis=-1, keepdims=True)
     loss = t + xp.where(mass != 0, mass * xp.log(s), xp.zeros_like(mass))
+    zz = None
+    if call.z_loss != 0.0:
+        # the z-loss z lse^2 of each counted sample, and its gradient's 2 z lse p_c
+        lse = m + xp.log(s)
+        counted = xp.ones_like(lse) if not call.class_indices else xp.astype(
+            (call.target != call.ignore_index)[..., None], work
+        )
+        loss = loss + xp.where(counted != 0, call.z_loss * lse * lse, xp.zeros_like(lse))
+        zz = xp.where(counted != 0, 2.0 * call.z_loss * lse, xp.zeros_like(lse))
     # a NaN logit gives its sample NaN, even at zero target mass (ignored samples stay 0)
     nan_sample = xp.isnan(s)
     if call.class_indices:
@@ -134,7 +161,11 @@ def cross_entropy_rows(
         return loss, None
     # dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c); zeros where scale is 0 and for ignored samples
     scale = xp.asarray(grad_scale, dtype=work, device=_device(logits))
-    grad = scale * (xp.exp(z) / s * mass - wq)
+    grad = scale * (xp.exp(z) / s * (mass if zz is None else mass + zz) - wq)
+    if d_logits is not None:
+        grad = grad * d_logits
+    if call.temperature != 1.0:
+        grad = grad / call.temperature
     nonzero = scale != 0
     if call.class_indices:
         nonzero = nonzero & (call.target != call.ignore_index)[..., None]

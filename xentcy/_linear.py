@@ -189,13 +189,19 @@ def _generic_rows(
     return loss, xp.concat(d_hs), d_w, d_b
 
 
-def _options(weight: Array | None, ignore_index: Any, label_smoothing: Any, reduction: Any) -> dict[str, Any]:
+def _options(
+    weight: Array | None, ignore_index: Any, label_smoothing: Any, reduction: Any,
+    z_loss: Any = 0.0, softcap: Any = None, temperature: Any = 1.0,
+) -> dict[str, Any]:
     """The loss's keywords, as xentcy.cross_entropy takes them."""
     return {
         "weight": weight,
         "ignore_index": ignore_index,
         "label_smoothing": label_smoothing,
         "reduction": reduction,
+        "z_loss": z_loss,
+        "softcap": softcap,
+        "temperature": temperature,
     }
 
 
@@ -243,6 +249,9 @@ def linear_cross_entropy(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     reduction: Reduction = "mean",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    temperature: float = 1.0,
     denominator: float | None = None,
     chunk_size: int | None = None,
 ) -> Array:
@@ -263,8 +272,9 @@ def linear_cross_entropy(
         taken: they would be the N x V array this function avoids).
     bias : array, optional
         (V,) added to every row of logits.
-    weight, ignore_index, label_smoothing, reduction, denominator
-        As in :func:`xentcy.cross_entropy`.
+    weight, ignore_index, label_smoothing, reduction, z_loss, softcap, temperature, denominator
+        As in :func:`xentcy.cross_entropy`: the options apply to the logits
+        ``hidden @ classifier.T + bias``.
     chunk_size : int, optional
         Rows of logits per chunk. None: as many as fit in 32 MiB (``V * itemsize`` bytes a
         row), at least one: large enough for the matmuls to run at full speed, small against
@@ -297,7 +307,7 @@ def linear_cross_entropy(
     >>> xc.linear_cross_entropy(h, W, np.array([1, 0]))      # the spec's worked example
     array(2.01850839)
     """
-    options = _options(weight, ignore_index, label_smoothing, reduction)
+    options = _options(weight, ignore_index, label_smoothing, reduction, z_loss, softcap, temperature)
     return _run(hidden, classifier, target, bias, options, chunk_size, False, denominator=denominator)[0]
 
 
@@ -312,6 +322,9 @@ def linear_loss_and_grad(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     reduction: Reduction = "mean",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    temperature: float = 1.0,
     denominator: float | None = None,
     chunk_size: int | None = None,
 ) -> tuple[Array, Array, Array, Array | None]:
@@ -342,5 +355,5 @@ def linear_loss_and_grad(
            [-0.379,  0.243],
            [ 0.049,  0.22 ]])
     """
-    options = _options(weight, ignore_index, label_smoothing, reduction)
+    options = _options(weight, ignore_index, label_smoothing, reduction, z_loss, softcap, temperature)
     return _run(hidden, classifier, target, bias, options, chunk_size, True, denominator=denominator)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from array_api_compat import array_namespace
+
 from ._api import Reduction, loss_and_grad, softmax
 from ._typing import Array
 
@@ -17,7 +19,7 @@ class CrossEntropyLoss:
 
     Parameters
     ----------
-    axis, weight, ignore_index, label_smoothing, reduction
+    axis, weight, ignore_index, label_smoothing, reduction, z_loss, softcap, temperature
         As in :func:`xentcy.cross_entropy`.
 
     Attributes
@@ -29,7 +31,9 @@ class CrossEntropyLoss:
     C : int
         The number of classes of the last ``forward``.
     softmax : array
-        softmax(A) along ``axis``, computed when first read.
+        softmax(A) along ``axis``, computed when first read (of the final
+        logits, A / temperature soft-capped, where those options are set: the
+        model's distribution).
 
     Examples
     --------
@@ -61,8 +65,14 @@ class CrossEntropyLoss:
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
         reduction: Reduction = "mean",
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        temperature: float = 1.0,
     ) -> None:
         self.axis = axis
+        self.z_loss = z_loss
+        self.softcap = softcap
+        self.temperature = temperature
         self.weight = weight
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
@@ -78,7 +88,11 @@ class CrossEntropyLoss:
         return (
             f"CrossEntropyLoss(axis={self.axis}, weight={self.weight!r}, "
             f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, "
-            f"reduction={self.reduction!r})"
+            f"reduction={self.reduction!r}"
+            + (f", z_loss={self.z_loss}" if self.z_loss != 0.0 else "")
+            + (f", softcap={self.softcap}" if self.softcap is not None else "")
+            + (f", temperature={self.temperature}" if self.temperature != 1.0 else "")
+            + ")"
         )
 
     def forward(self, A: Any, Y: Any, *, denominator: float | None = None) -> Any:
@@ -95,6 +109,9 @@ class CrossEntropyLoss:
             ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
             reduction=self.reduction,
+            z_loss=self.z_loss,
+            softcap=self.softcap,
+            temperature=self.temperature,
             denominator=denominator,
         )
         self.A, self.Y, self._grad, self._softmax = A, Y, grad, None
@@ -116,5 +133,11 @@ class CrossEntropyLoss:
         if self.A is None:
             raise RuntimeError("CrossEntropyLoss.softmax needs a forward(A, Y) call first")
         if self._softmax is None:
-            self._softmax = softmax(self.A, axis=self.axis)
+            a = self.A
+            if self.temperature != 1.0 or self.softcap is not None:
+                xp = array_namespace(a)
+                a = a / self.temperature
+                if self.softcap is not None:
+                    a = self.softcap * xp.tanh(a / self.softcap)
+            self._softmax = softmax(a, axis=self.axis)
         return self._softmax

@@ -34,7 +34,8 @@ def _loss_dtype(dtype: Any) -> Any:
     return jnp.float32 if jnp.dtype(dtype).itemsize < 4 else jnp.dtype(dtype)
 
 
-def _host(logits, target, weight, *, ignore_index, label_smoothing, reduction, axis, want_grad):
+def _host(logits, target, weight, *, ignore_index, label_smoothing, reduction, axis, z_loss, softcap,
+          temperature, denominator, want_grad):
     """The fused pass on the host (NumPy arrays). Bad class indices give NaN rows instead of
     the ValueError: this runs inside a trace, where nothing can be raised to the caller."""
     a = np.asarray(logits)  # (the callback's arguments are jax.Arrays on JAX 0.10)
@@ -57,6 +58,10 @@ def _host(logits, target, weight, *, ignore_index, label_smoothing, reduction, a
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
         reduction=reduction,
+        z_loss=z_loss,
+        softcap=softcap,
+        temperature=temperature,
+        denominator=denominator,
     )
     loss_dtype = _loss_dtype(dtype)
     if want_grad:
@@ -139,6 +144,10 @@ def _ffi(logits, target, weight, options, want_grad):
         ignore_index=np.int64(opts["ignore_index"]),
         label_smoothing=np.float64(opts["label_smoothing"]),
         reduction=np.int32(_REDUCTIONS[reduction]),
+        z_loss=np.float64(opts["z_loss"]),
+        temperature=np.float64(opts["temperature"]),
+        softcap=np.float64(opts["softcap"] or 0.0),
+        denominator=np.float64(opts["denominator"] or 0.0),
     )
     loss = out[0].reshape(batch_shape) if reduction == "none" else out[0]
     if not want_grad:
@@ -197,6 +206,10 @@ def cross_entropy(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     reduction: str = "mean",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    denominator: float | None = None,
 ) -> Any:
     """Softmax cross-entropy of ``logits`` against ``target``, differentiable by JAX.
 
@@ -210,8 +223,9 @@ def cross_entropy(
     target : jax.Array or int
         Class indices (the logits' shape without ``axis``) or class probabilities (the
         logits' shape).
-    axis, weight, ignore_index, label_smoothing, reduction
-        As in :func:`xentcy.cross_entropy`.
+    axis, weight, ignore_index, label_smoothing, reduction, z_loss, softcap, temperature, \
+    denominator
+        As in :func:`xentcy.cross_entropy` (``denominator``: a number, not a traced value).
 
     Returns
     -------
@@ -246,11 +260,16 @@ def cross_entropy(
         _check_eager(logits, target, weight, axis, ignore_index, label_smoothing, reduction)
     ax = _checks.normalize_axis(axis, logits.ndim)
     _checks.check_options(ignore_index, label_smoothing, reduction)
+    z, cap, t = _checks.check_loss_options(z_loss, softcap, temperature)
     options = (
         ("axis", ax),
         ("ignore_index", int(ignore_index)),
         ("label_smoothing", float(label_smoothing)),
         ("reduction", str(reduction)),
+        ("z_loss", z),
+        ("softcap", cap),
+        ("temperature", t),
+        ("denominator", _checks.check_denominator(denominator, reduction)),
     )
     return _cross_entropy(logits, target, weight, options)
 

@@ -54,6 +54,9 @@ def _fused(
     reduction: str,
     axis: int,
     denominator: float | None,
+    z_loss: float,
+    softcap: float | None,
+    temperature: float,
     want_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, gradient) of xentcy's fused pass; the gradient is empty without ``want_grad``."""
@@ -70,6 +73,9 @@ def _fused(
         label_smoothing=label_smoothing,
         reduction=reduction,
         denominator=denominator,
+        z_loss=z_loss,
+        softcap=softcap,
+        temperature=temperature,
     )
     if not want_grad:
         loss = _api.cross_entropy(x, target, **options)
@@ -80,7 +86,7 @@ def _fused(
 
 @_fused.register_fake
 def _fused_fake(logits, target, weight, ignore_index, label_smoothing, reduction, axis, denominator,
-                want_grad):  # fmt: skip
+                z_loss, softcap, temperature, want_grad):  # fmt: skip
     grad = torch.empty_like(logits) if want_grad else logits.new_empty((0,))
     return _loss_meta(logits, reduction, axis), grad
 
@@ -132,7 +138,8 @@ class _CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(logits, target, weight, *options):
-        # (options: ignore_index, label_smoothing, reduction, axis, denominator)
+        # (options: ignore_index, label_smoothing, reduction, axis, denominator, z_loss, softcap,
+        # temperature)
         return _fused(logits, target, weight, *options, True)
 
     @staticmethod
@@ -156,7 +163,7 @@ class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _grad_of_grad):
         if grad_loss is None:
-            return (None,) * 8
+            return (None,) * 11
         if not ctx.eager:
             grad, logits = ctx.saved_tensors
         else:
@@ -174,7 +181,7 @@ class _CrossEntropy(torch.autograd.Function):
             out, ctx.grad = grad, None
         else:
             out = _scaled(grad, grad_loss, ctx)
-        return out, None, None, None, None, None, None, None
+        return out, *(None,) * 10
 
 
 def _scaled(grad: torch.Tensor, grad_loss: torch.Tensor, ctx) -> torch.Tensor:
@@ -205,6 +212,9 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     axis: int = 1,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    temperature: float = 1.0,
     denominator: float | None = None,
 ) -> torch.Tensor:
     """Softmax cross-entropy of ``logits`` against ``target``, differentiable by autograd.
@@ -230,6 +240,10 @@ def cross_entropy(
         As in torch.
     axis : int, default 1
         The class axis.
+    z_loss, softcap, temperature
+        As in :func:`xentcy.cross_entropy`: the logits are divided by the
+        temperature, soft-capped to softcap * tanh(x / softcap), and z_loss * lse^2
+        is added to each counted sample's loss.
     denominator : float, optional
         With "mean", what it divides by instead: e.g. the target tokens of every
         micro-batch of a gradient accumulation (``num_items_in_batch``).
@@ -262,8 +276,10 @@ def cross_entropy(
     if not -max(logits.ndim, 1) <= axis < max(logits.ndim, 1):
         raise ValueError(f"axis {axis} is out of range for {logits.ndim}-D logits")
     axis = axis % max(logits.ndim, 1)
-    d = _checks.check_denominator(denominator, reduction)  # (the op takes a float)
-    args = (logits, target, weight, int(ignore_index), float(label_smoothing), str(reduction), axis, d)
+    d = _checks.check_denominator(denominator, reduction)  # (the op takes floats)
+    z, cap, t = _checks.check_loss_options(z_loss, softcap, temperature)
+    args = (logits, target, weight, int(ignore_index), float(label_smoothing), str(reduction), axis, d,
+            z, cap, t)  # fmt: skip
     if torch.is_grad_enabled() and logits.requires_grad:
         return _CrossEntropy.apply(*args)[0]
     return _fused(*args, False)[0]
@@ -289,6 +305,9 @@ def _linear_fused(
     reduction: str,
     chunk_size: int,
     denominator: float | None,
+    z_loss: float,
+    softcap: float | None,
+    temperature: float,
     want_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, d_hidden, d_classifier, d_bias) of xentcy's chunked pass; the gradients are
@@ -296,7 +315,7 @@ def _linear_fused(
     gradient (reduction="none")."""
     tensors = (hidden, classifier, target, bias, weight, row_scale)
     h, w, y, b, wt, rs = (None if x is None else x.detach() for x in tensors)
-    options = _linear._options(wt, ignore_index, label_smoothing, reduction)
+    options = _linear._options(wt, ignore_index, label_smoothing, reduction, z_loss, softcap, temperature)
     loss, d_h, d_w, d_b = _linear._run(h, w, y, b, options, chunk_size or None, want_grad, rs, denominator)
     if not want_grad:  # (three distinct empty tensors: a custom op's outputs may not alias)
         return loss, *(hidden.new_empty((0,)) for _ in range(3))
@@ -305,7 +324,8 @@ def _linear_fused(
 
 @_linear_fused.register_fake
 def _linear_fused_fake(hidden, classifier, target, bias, weight, row_scale, ignore_index, label_smoothing,
-                       reduction, chunk_size, denominator, want_grad):  # fmt: skip
+                       reduction, chunk_size, denominator, z_loss, softcap, temperature,
+                       want_grad):  # fmt: skip
     loss = hidden.new_empty(tuple(hidden.shape[:-1]) if reduction == "none" else ())
     if not want_grad:
         return loss, *(hidden.new_empty((0,)) for _ in range(3))
@@ -320,7 +340,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(hidden, classifier, target, bias, weight, *options):
-        reduction = options[2]  # (options: ignore_index, label_smoothing, reduction, chunk_size, denominator)
+        # (options: ignore_index, label_smoothing, reduction, chunk_size, denominator, z_loss,
+        # softcap, temperature)
+        reduction = options[2]
         return _linear_fused(hidden, classifier, target, bias, weight, None, *options, reduction != "none")
 
     @staticmethod
@@ -338,7 +360,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, *_):
         if grad_loss is None:
-            return (None,) * 10
+            return (None,) * 13
         hidden, classifier, target, bias, weight, *saved = ctx.saved_tensors
         arrays = (hidden, classifier, target, bias, weight)
         if ctx.options[2] == "none":  # reduction: a factor a row, the chunks run again with them
@@ -353,7 +375,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 d_h, d_w, d_b = (g * grad_loss for g in grads)
         if torch.is_grad_enabled():  # create_graph=True: a second derivative may follow
             d_h = _NoSecondDerivative.apply(d_h, hidden)
-        return d_h, d_w, None, (d_b if bias is not None else None), None, None, None, None, None, None
+        return d_h, d_w, None, (d_b if bias is not None else None), *(None,) * 9
 
 
 def linear_cross_entropy(
@@ -366,6 +388,9 @@ def linear_cross_entropy(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     reduction: str = "mean",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    temperature: float = 1.0,
     denominator: float | None = None,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
@@ -383,7 +408,8 @@ def linear_cross_entropy(
         (V, H), hidden's dtype.
     target : torch.Tensor
         int64 class indices, hidden's shape without its last axis.
-    bias, weight, ignore_index, label_smoothing, reduction, denominator, chunk_size
+    bias, weight, ignore_index, label_smoothing, reduction, z_loss, softcap, temperature, \
+    denominator, chunk_size
         As in :func:`xentcy.linear_cross_entropy`.
 
     Returns
@@ -404,9 +430,10 @@ def linear_cross_entropy(
             [-0.3788,  0.2434],
             [ 0.0493,  0.2202]])
     """
-    d = _checks.check_denominator(denominator, reduction)  # (the op takes a float)
+    d = _checks.check_denominator(denominator, reduction)  # (the op takes floats)
+    z, cap, t = _checks.check_loss_options(z_loss, softcap, temperature)
     args = (hidden, classifier, target, bias, weight, int(ignore_index), float(label_smoothing),
-            str(reduction), int(chunk_size or 0), d)  # fmt: skip
+            str(reduction), int(chunk_size or 0), d, z, cap, t)  # fmt: skip
     tracked = [x for x in (hidden, classifier, bias) if x is not None]
     if torch.is_grad_enabled() and any(x.requires_grad for x in tracked):
         return _LinearCrossEntropy.apply(*args)[0]
@@ -423,6 +450,9 @@ class CrossEntropyLoss(torch.nn.Module):
     ignore_index : int, default -100
     reduction : {"mean", "sum", "none"}, default "mean"
     label_smoothing : float, default 0.0
+    z_loss : float, default 0.0
+    softcap : float, optional
+    temperature : float, default 1.0
         As in :func:`cross_entropy`.
 
     Examples
@@ -441,12 +471,18 @@ class CrossEntropyLoss(torch.nn.Module):
         ignore_index: int = -100,
         reduction: str = "mean",
         label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
+        self.z_loss = z_loss
+        self.softcap = softcap
+        self.temperature = temperature
 
     weight: torch.Tensor | None
 
@@ -461,6 +497,9 @@ class CrossEntropyLoss(torch.nn.Module):
             ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
             reduction=self.reduction,
+            z_loss=self.z_loss,
+            softcap=self.softcap,
+            temperature=self.temperature,
             denominator=denominator,
         )
 
@@ -468,4 +507,7 @@ class CrossEntropyLoss(torch.nn.Module):
         return (
             f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
             f"label_smoothing={self.label_smoothing}"
+            + (f", z_loss={self.z_loss}" if self.z_loss != 0.0 else "")
+            + (f", softcap={self.softcap}" if self.softcap is not None else "")
+            + (f", temperature={self.temperature}" if self.temperature != 1.0 else "")
         )

@@ -98,14 +98,18 @@ def cross_entropy_rows(
     grad = _rows_out(empty_like(logits) if out is None else out, axis) if want_grad else None
     g = grad.rows if grad is not None else None
     weight, eps = _weight(call), call.label_smoothing
+    # the language-model options (0 for no soft-cap)
+    options = (call.z_loss, call.temperature, call.softcap or 0.0)
     if call.class_indices:
         # sum_c w_c: the smoothing term's, where there is smoothing (xentcy._checks)
         weight_sum = float(call.weight_sum) if call.weight_sum is not None else 0.0
         y = _class_indices(call)
-        _core.cross_entropy_index(a, y, weight, weight_sum, eps, call.ignore_index, grad_scale, g, loss)
+        _core.cross_entropy_index(
+            a, y, weight, weight_sum, eps, call.ignore_index, grad_scale, g, loss, *options
+        )
     else:
         q = _rows(call.target, axis)
-        _core.cross_entropy_prob(a, q, weight, eps, grad_scale, g, loss)
+        _core.cross_entropy_prob(a, q, weight, eps, grad_scale, g, loss, *options)
     return loss.reshape(call.batch_shape), (grad.finish() if grad is not None else None)
 
 

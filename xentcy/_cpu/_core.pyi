@@ -16,6 +16,7 @@ def isa() -> str: ...
 def supported_isas() -> list[str]: ...
 def set_isa(name: str) -> str: ...
 def vector_exp(x: _Floats, out: _Floats) -> None: ...
+def vector_tanh(x: _Floats, out: _Floats, sech2: _Floats) -> None: ...
 def cross_entropy_index(
     A: _Floats,
     y: _Indices,
@@ -26,6 +27,9 @@ def cross_entropy_index(
     scale: float,
     G: _Floats | None,
     loss: _Doubles,
+    z_loss: float = ...,
+    temperature: float = ...,
+    softcap: float = ...,
 ) -> None: ...
 def cross_entropy_prob(
     A: _Floats,
@@ -35,6 +39,9 @@ def cross_entropy_prob(
     scale: float,
     G: _Floats | None,
     loss: _Doubles,
+    z_loss: float = ...,
+    temperature: float = ...,
+    softcap: float = ...,
 ) -> None: ...
 def evaluate_index(
     A: _Floats,

@@ -485,6 +485,7 @@ cdef extern from "xent_xla.h" nogil:
         int64_t ignore_index
         double eps
         int reduction
+        double z_loss, temperature, softcap, denominator
     int xent_xla_metadata(XLA_FFI_CallFrame* frame)
     XLA_FFI_Error* xent_xla_error(const XLA_FFI_CallFrame* frame, int code, const char* message)
     const char* xent_xla_parse(const XLA_FFI_CallFrame* frame, xent_xla_call* c)
@@ -506,6 +507,8 @@ cdef XLA_FFI_Error* _xla_cross_entropy(XLA_FFI_CallFrame* frame) noexcept nogil:
     cdef ptrdiff_t* y = NULL
     cdef char* scratch = NULL
     cdef int n_threads
+    cdef bint transformed
+    cdef xent_rows_fn fn
     if xent_xla_metadata(frame):
         return NULL
     problem = xent_xla_parse(frame, &c)
@@ -513,12 +516,13 @@ cdef XLA_FFI_Error* _xla_cross_entropy(XLA_FFI_CallFrame* frame) noexcept nogil:
         return xent_xla_error(frame, XENT_XLA_INVALID_ARGUMENT, problem)
     N, C = c.N, c.C
     itemsize = sizeof(double) if c.f64 else sizeof(float)
-    d = xent_xla_denominator(&c)
+    d = c.denominator if c.denominator > 0 else xent_xla_denominator(&c)
     if c.reduction == 0:  # the mean: 1/D, 0 where D = 0 (a zero gradient), NaN where D is inf
         scale = 0.0 if d == 0 else (NAN if isinf(d) else 1.0 / d)
     if N > 0:
         n_threads = _threads(N, C)
-        scratch_stride = (C + C // 64 + 2) * itemsize
+        transformed = c.temperature != 1.0 or c.softcap > 0
+        scratch_stride = (xent_tx_scratch(C, itemsize) if transformed else C + C // 64 + 2) * itemsize
         rows = <double*>malloc(N * sizeof(double))
         scratch = <char*>malloc(n_threads * scratch_stride)
         if c.y != NULL:
@@ -545,13 +549,15 @@ cdef XLA_FFI_Error* _xla_cross_entropy(XLA_FFI_CallFrame* frame) noexcept nogil:
             for i in range(C):
                 k.w_sum += (<const double*>c.w)[i] if c.f64 else (<const float*>c.w)[i]
         k.eps, k.scale, k.ignore_index = c.eps, scale, c.ignore_index
+        k.z_loss, k.temperature, k.softcap = c.z_loss, c.temperature, c.softcap
         xent_xla_advise_huge_pages(c.G, N * C * itemsize if c.G != NULL else 0)
         k.rows_out = c.G
         k.rows_out_stride = C * itemsize
         k.per_row_out = rows
         k.C = C
         k.nt_store = _stream(c.G != NULL, N, C * itemsize)
-        _run(_kernels.cross_entropy[1 if c.f64 else 0], &k, N, n_threads, scratch, scratch_stride)
+        fn = _kernels.cross_entropy_tx[1 if c.f64 else 0] if transformed else _kernels.cross_entropy[1 if c.f64 else 0]
+        _run(fn, &k, N, n_threads, scratch, scratch_stride)
         free(scratch)
         free(y)
     if c.reduction == 2:

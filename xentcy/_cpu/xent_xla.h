@@ -16,7 +16,9 @@
  *   rets:  the loss, () for "mean" and "sum" or (N,) for "none", float32 or float64; and,
  *          optionally, the gradient (N, C) of A's dtype
  *   attrs: ignore_index (int64), label_smoothing (float64), reduction (int32: 0 mean,
- *          1 sum, 2 none)
+ *          1 sum, 2 none); and, each optional (absent: its default), z_loss (float64, 0),
+ *          temperature (float64, 1), softcap (float64, 0: none) and denominator (float64,
+ *          0: the call's own D)
  * Whatever reaches it, the handler reads and writes only inside these buffers: a call that
  * does not fit is an error returned to XLA.
  */
@@ -146,6 +148,8 @@ typedef struct {
     int64_t ignore_index;
     double eps;
     int reduction;        /* 0 mean, 1 sum, 2 none */
+    double z_loss, temperature, softcap;
+    double denominator;   /* the caller's D for the mean, or 0: the call's own */
 } xent_xla_call;
 
 /* Answers XLA's metadata query (a frame whose extensions hold one): 1 if it was one. */
@@ -244,6 +248,19 @@ static const char* xent_xla_parse(const XLA_FFI_CallFrame* frame, xent_xla_call*
     c->ignore_index = *ignore;
     c->eps = *eps;
     c->reduction = *reduction;
+    const double* z_loss = (const double*)xent_xla_attr(&frame->attrs, "z_loss", XENT_XLA_F64);
+    const double* temperature = (const double*)xent_xla_attr(&frame->attrs, "temperature", XENT_XLA_F64);
+    const double* softcap = (const double*)xent_xla_attr(&frame->attrs, "softcap", XENT_XLA_F64);
+    const double* denominator = (const double*)xent_xla_attr(&frame->attrs, "denominator", XENT_XLA_F64);
+    c->z_loss = z_loss ? *z_loss : 0.0;
+    c->temperature = temperature ? *temperature : 1.0;
+    c->softcap = softcap ? *softcap : 0.0;
+    c->denominator = denominator ? *denominator : 0.0;
+    /* (written so that NaN fails too) */
+    if (!(c->z_loss >= 0 && c->z_loss <= 1e308 && c->temperature > 0 && c->temperature <= 1e308 &&
+          c->softcap >= 0 && c->softcap <= 1e308 && c->denominator >= 0 && c->denominator <= 1e308))
+        return "xentcy_cross_entropy: z_loss, temperature, softcap and denominator must be finite, "
+               "temperature > 0 and the others >= 0";
 
     const XLA_FFI_Buffer* loss = xent_xla_buffer(&frame->rets, 0);
     const XLA_FFI_Buffer* g = xent_xla_buffer(&frame->rets, 1);
