@@ -61,6 +61,10 @@ cdef extern from "xent_dispatch.h" nogil:
         ptrdiff_t* rank
         double* entropy
         double z_loss, temperature, softcap
+        const void* prefetch_after
+        const char* chain_d
+        ptrdiff_t chain_stride
+        double chain_inv
     ctypedef void (*xent_rows_fn)(const xent_args*, ptrdiff_t, ptrdiff_t, void*) noexcept nogil
     ctypedef struct xent_kernels:
         const char* name

@@ -46,6 +46,13 @@ typedef struct {
     double z_loss;        /* the z-loss's factor z (0: none) */
     double temperature;   /* the logits are divided by it first (cross_entropy_tx; 1 elsewhere) */
     double softcap;       /* then soft-capped to cap tanh(x / cap) where it is > 0 (cross_entropy_tx) */
+    const void* prefetch_after;  /* the row the last row prefetches (NULL: itself), same length */
+    /* the row kernels' gradient through the chain rule of transformed logits (cross_entropy_tx):
+     * times the soft-cap's derivative, row i at chain_d + i chain_stride (or NULL: none), and
+     * times chain_inv = 1 / temperature; chain_inv 0: not chained */
+    const char* chain_d;
+    ptrdiff_t chain_stride;
+    double chain_inv;
 } xent_args;
 
 /* Bytes of transformed logits a chunk of the cross_entropy_tx kernels holds (three such
