@@ -49,7 +49,7 @@ def run(n: int, c: int, repeats: int, dtype: str) -> None:
     g = np.empty_like(a)
     floor = np.empty_like(a)
     times: dict[str, list[float]] = {name: [] for name in ("copy", *VARIANTS)}
-    for name, kw in VARIANTS.items():  # warm-up (page faults of g, libraries)
+    for kw in VARIANTS.values():  # warm-up (page faults of g, libraries)
         xc.loss_and_grad(a, y, out=g, **kw)
     for _ in range(repeats):
         t = time.perf_counter()

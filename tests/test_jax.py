@@ -286,3 +286,25 @@ def test_custom_call_refuses_what_does_not_fit(case, jax_x64_off):
     }
     with pytest.raises(jax.errors.JaxRuntimeError, match="xentcy_cross_entropy"):
         jax.block_until_ready(calls[case]())
+
+
+def test_language_model_options_and_denominator(path, jax_x64_on):
+    # z_loss, softcap, temperature and denominator through the custom call's attributes (and
+    # the callback), against the formulas written out in jnp, and jax.grad of them
+    rng = np.random.default_rng(11)
+    A = jnp.asarray(rng.standard_normal((10, 7)) * 5)
+    y = jnp.asarray(rng.integers(0, 7, 10)).at[3].set(-100)
+    z, cap, t, d = 1e-2, 3.0, 0.7, 25.0
+
+    def ref(a):
+        x = cap * jnp.tanh((a / t) / cap)
+        keep = y != -100
+        lse = jax.nn.logsumexp(x, axis=-1)
+        picked = jnp.take_along_axis(x, jnp.where(keep, y, 0)[:, None], axis=1)[:, 0]
+        return jnp.sum(jnp.where(keep, lse - picked + z * lse**2, 0.0)) / d
+
+    f = jax.jit(lambda a: xj.cross_entropy(a, y, z_loss=z, softcap=cap, temperature=t, denominator=d))
+    np.testing.assert_allclose(f(A), ref(A), rtol=1e-13)
+    np.testing.assert_allclose(jax.jit(jax.grad(f))(A), jax.grad(ref)(A), rtol=1e-11, atol=1e-15)
+    with pytest.raises(ValueError, match="softcap must be None or a positive finite number"):
+        xj.cross_entropy(A, y, softcap=0.0)

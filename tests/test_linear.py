@@ -106,6 +106,68 @@ def test_against_torch_autograd():
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-10, atol=1e-14)
 
 
+def _torch_lm_loss(torch, logits, target, weight, eps, z, cap, temperature, reduction):
+    """The language-model options written out in torch: logits / T, cap tanh(. / cap), then
+    F.cross_entropy plus z lse^2 per counted row (unweighted), reduced with it."""
+    F = torch.nn.functional
+    x = logits / temperature
+    x = cap * torch.tanh(x / cap)
+    per_row = F.cross_entropy(x, target, weight=weight, label_smoothing=eps, reduction="none")
+    keep = target != -100
+    per_row = per_row + torch.where(keep, z * torch.logsumexp(x, 1) ** 2, 0.0)
+    if reduction == "none":
+        return per_row
+    if reduction == "sum":
+        return per_row.sum()
+    return per_row.sum() / weight[target[keep]].sum()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_language_model_options_against_torch_autograd(reduction):
+    # z_loss, softcap and temperature with every other keyword, in float64, against torch's
+    # autograd of the formulas; chunk sizes that do and do not divide N give the same results
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    hidden, classifier, bias, target = _problem(n=29, h=5, v=13, seed=7)
+    hidden *= 3  # logits out to the soft-cap's bend
+    weight = np.random.default_rng(8).uniform(0.5, 2, 13)
+    options = {"z_loss": 1e-2, "softcap": 4.0, "temperature": 0.8}
+    ht, wt, bt = (torch.tensor(x, requires_grad=True) for x in (hidden, classifier, bias))
+    loss_t = _torch_lm_loss(torch, F.linear(ht, wt, bt), torch.tensor(target), torch.tensor(weight),
+                            0.1, options["z_loss"], options["softcap"], options["temperature"],
+                            reduction)  # fmt: skip
+    loss_t.sum().backward()
+    for chunk_size in (4, 29, None):
+        loss, d_h, d_w, d_b = xc.linear_loss_and_grad(
+            hidden, classifier, target, bias=bias, weight=weight, label_smoothing=0.1, reduction=reduction,
+            chunk_size=chunk_size, **options,
+        )
+        np.testing.assert_allclose(loss, loss_t.detach().numpy(), rtol=1e-12)
+        if reduction == "none":
+            continue  # (linear_loss_and_grad's gradients are of the sum there)
+        for got, want in ((d_h, ht.grad), (d_w, wt.grad), (d_b, bt.grad)):
+            np.testing.assert_allclose(got, want.numpy(), rtol=1e-10, atol=1e-14)
+
+
+def test_language_model_options_by_finite_differences():
+    hidden, classifier, bias, target = _problem(n=9, h=3, v=5, seed=9, ignored=(2,))
+    options = {"z_loss": 0.05, "softcap": 2.0, "temperature": 1.7}
+    _, d_h, d_w, d_b = xc.linear_loss_and_grad(hidden, classifier, target, bias=bias, **options)
+    step = 1e-6
+
+    def loss_of(which, x):
+        arrays = {"h": hidden, "w": classifier, "b": bias, which: x}
+        return float(xc.linear_cross_entropy(arrays["h"], arrays["w"], target, bias=arrays["b"], **options))
+
+    for which, array, grad in (("h", hidden, d_h), ("w", classifier, d_w), ("b", bias, d_b)):
+        for index in [(0,) * array.ndim, tuple(n - 1 for n in array.shape)]:
+            up, down = array.copy(), array.copy()
+            up[index] += step
+            down[index] -= step
+            numeric = (loss_of(which, up) - loss_of(which, down)) / (2 * step)
+            assert abs(grad[index] - numeric) <= 1e-7 * max(1.0, abs(numeric)), (index, grad[index], numeric)
+
+
 def test_every_backend(xp):
     hidden, classifier, bias, target = _problem(n=20, h=4, v=7, seed=5, ignored=(2,))
     args = [make(xp, hidden), make(xp, classifier), make(xp, target)]

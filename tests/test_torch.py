@@ -351,3 +351,39 @@ def test_denominator_is_checked_as_in_xentcy(bad, error):
         xt.cross_entropy(A, y, denominator=bad)
     with pytest.raises(error, match="denominator must be a positive"):
         xt.linear_cross_entropy(h, w, y, denominator=bad)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_language_model_options_against_torch_formulas(reduction):
+    # z_loss, softcap and temperature, against torch's autograd of the formulas written out;
+    # gradcheck; torch.compile without a graph break
+    A, y = _data(n=12, c=9, seed=4)
+    A = A * 4
+    y[2] = -100
+    w = torch.linspace(0.5, 2.0, 9, dtype=torch.float64)
+    z, cap, t = 1e-2, 3.0, 0.7
+
+    def ref(a):
+        x = cap * torch.tanh((a / t) / cap)
+        keep = y != -100
+        rows = F.cross_entropy(x, y, weight=w, label_smoothing=0.1, reduction="none")
+        rows = rows + torch.where(keep, z * torch.logsumexp(x, 1) ** 2, 0.0)
+        return rows if reduction == "none" else rows.sum() / w[y[keep]].sum()
+
+    opts = dict(weight=w, label_smoothing=0.1, reduction=reduction, z_loss=z, softcap=cap, temperature=t)
+    a1, a2 = A.clone().requires_grad_(), A.clone().requires_grad_()
+    ours, theirs = xt.cross_entropy(a1, y, **opts), ref(a2)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=0)
+    ours.sum().backward()
+    theirs.sum().backward()
+    torch.testing.assert_close(a1.grad, a2.grad, rtol=1e-11, atol=1e-15)
+    assert torch.autograd.gradcheck(lambda a: xt.cross_entropy(a, y, **opts), (A.clone().requires_grad_(),))
+    f = torch.compile(lambda a: xt.cross_entropy(a, y, **opts), fullgraph=True)
+    torch.testing.assert_close(f(A), ref(A), rtol=1e-12, atol=0)
+    layer = xt.CrossEntropyLoss(weight=w, label_smoothing=0.1, reduction=reduction, z_loss=z, softcap=cap,
+                                temperature=t)  # fmt: skip
+    torch.testing.assert_close(layer(A, y), ref(A), rtol=1e-12, atol=0)
+    assert "softcap=3.0" in repr(layer)
+    h = torch.randn(12, 4, dtype=torch.float64, requires_grad=True)
+    cls = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: xt.linear_cross_entropy(a, b, y, **opts), (h, cls))

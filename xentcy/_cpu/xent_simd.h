@@ -365,8 +365,10 @@ XI XN(bits_t) XN(bits_of)(T x) {
  *   above: 1 - r, r = 2 / (exp(2|x|) + 1) = 1 - |tanh x| (>= 0.5, no cancellation), and
  *     1 - tanh^2 = r (2 - r), which keeps its digits where tanh rounds to 1 (exp overflows
  *     to inf for large |x|: tanh 1, derivative 0).
- * The error, every float32 input and a dense float64 sample against mpmath:
- * benchmarks/results/tanh_ulp.txt (tests/test_cpu_simd.py checks a subset). Where every
+ * The error (benchmarks/results/tanh_ulp.txt, every float32 input in [0, 9.011] and 202,000
+ * float64 ones against mpmath): tanh within 1.87 ulp (float32) and 1.0 ulp (float64), as the
+ * vector exp; 1 - tanh^2 within 4.8 x 2^-24 and 4.0 x 2^-53 of itself (tests/test_lm_options.py
+ * checks a subset). Where every
  * lane is below 0.55 (logits well inside the cap, the usual case) the exp is skipped.
  * NaN -> NaN, +-inf -> +-1, the sign of zero kept. */
 XI V XN(tanh_impl)(V x, V* sech2) {
