@@ -39,10 +39,12 @@ run() {
 
 # The cupy half of the one conformance suite: the same cases that run on the CPU as cuda_host
 # (tests/cuda_host) in every CI run, here on the GPU through CuPy's RawModule launcher.
-run "tests" python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda_backend.py tests/test_cuda_compile.py \
-    -k "not cuda_host"
+# test_cuda_options.py: the kernels of the language-model options (z_loss, softcap, temperature).
+run "tests" python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda_backend.py tests/test_cuda_options.py \
+    tests/test_cuda_compile.py -k "not cuda_host"
 run "conformance suite, cupy half" python3 -m pytest -q -rs -p no:cacheprovider tests -k cupy \
-    --ignore=tests/test_cuda_backend.py --ignore=tests/test_cuda_compile.py --ignore=tests/test_cuda_host.py
+    --ignore=tests/test_cuda_backend.py --ignore=tests/test_cuda_options.py --ignore=tests/test_cuda_compile.py \
+    --ignore=tests/test_cuda_host.py
 run "benchmark" python3 benchmarks/bench_gpu.py
 # Batch evaluation streamed from a memmap through pinned buffers, a copy stream and events
 # (xentcy._stream.CudaLane, issue 13): the only part of the pipeline that the CPU runs of the

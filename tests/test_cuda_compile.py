@@ -111,7 +111,7 @@ def test_every_instantiation_compiles_with_nvrtc(arch, tmp_path):
 
 def test_every_planned_kernel_is_instantiated():
     names = set(_cuda.name_expressions())
-    for kernel in ("index", "prob", "softmax", "logsumexp"):
+    for kernel in ("index", "prob", "softmax", "logsumexp", *_cuda.OPTION_KERNELS):
         for dtype_name in _cuda.C_TYPES:
             for num_classes in (1, 2, 3, 10, 31, 100, 1000, 1024, 1025, 4096, 8192, 16384, 32000, 131072):
                 p = _cuda.plan(kernel, dtype_name, 1000, num_classes)
@@ -121,7 +121,7 @@ def test_every_planned_kernel_is_instantiated():
 @pytest.mark.parametrize("num_classes", [1, 7, 10, 100, 1000, 4096, 32000, 131072, 1 << 20])
 @pytest.mark.parametrize("dtype_name", list(_cuda.C_TYPES))
 def test_plans_cover_the_rows_within_the_launch_bounds(dtype_name, num_classes):
-    for kernel in ("index", "prob", "softmax", "logsumexp"):
+    for kernel in ("index", "prob", "softmax", "logsumexp", *_cuda.OPTION_KERNELS):
         p = _cuda.plan(kernel, dtype_name, 65536, num_classes)
         assert p.group & (p.group - 1) == 0 and 1 <= p.group <= 1024
         assert p.block % p.group == 0 and p.block <= 1024
@@ -132,6 +132,8 @@ def test_plans_cover_the_rows_within_the_launch_bounds(dtype_name, num_classes):
             vec = 16 // {"float64": 8, "float32": 4}.get(dtype_name, 2)
             assert p.group * nv * vec >= num_classes  # the row fits the registers
             assert p.block <= max_threads
+        elif "_options_streamed<" in p.name:  # (the option kernels' streamed launch bound)
+            assert p.block <= int(p.name[:-1].split(", ")[1])
 
 
 def test_small_rows_take_a_warp_or_less():
@@ -173,6 +175,33 @@ def test_the_plan_picks_the_decided_kernel_and_group(dtype_name, num_classes, na
     p = _cuda.plan("index", dtype_name, 1000, num_classes)
     assert (p.name, p.group, p.block) == (name, group, block)
     assert p.grid == -(-1000 // (block // group))
+
+
+# The option kernels' plan where it differs from the plain one: their own tiers where the plain
+# ones' would spill (xentcy/_cuda/__init__.py, _CACHED_OPTIONS), float64 streamed by 512 threads.
+PLAN_OPTIONS = [
+    ("float32", 1000, "xentcy_index_options_cached<float, 8, 256>", 32, 256),
+    ("float32", 8193, "xentcy_index_options_streamed<float, 1024>", 1024, 1024),
+    ("float64", 100, "xentcy_index_options_cached<double, 2, 512>", 32, 256),
+    ("float64", 4096, "xentcy_index_options_cached<double, 8, 256>", 256, 256),
+    ("float64", 4097, "xentcy_index_options_streamed<double, 512>", 512, 512),
+    ("float16", 8192, "xentcy_index_options_cached<__half, 4, 256>", 256, 256),
+    ("float16", 8193, "xentcy_index_options_streamed<__half, 1024>", 1024, 1024),  # plain: (2, 1024)
+    ("bfloat16", 16384, "xentcy_index_options_streamed<__nv_bfloat16, 1024>", 1024, 1024),
+]
+
+
+@pytest.mark.parametrize("dtype_name, num_classes, name, group, block", PLAN_OPTIONS)
+def test_the_option_plan_picks_the_decided_kernel_and_group(dtype_name, num_classes, name, group, block):
+    p = _cuda.plan("index_options", dtype_name, 1000, num_classes)
+    assert (p.name, p.group, p.block) == (name, group, block)
+    assert p.grid == -(-1000 // (block // group))
+
+
+def test_the_plain_and_option_kernels_are_two_modules():
+    plain, options = _cuda.name_expressions(options=False), _cuda.name_expressions(options=True)
+    assert not set(plain) & set(options) and sorted(plain + options) == sorted(_cuda.name_expressions())
+    assert all("_options_" in name for name in options) and not any("_options_" in name for name in plain)
 
 
 def test_cached_rows_take_at_most_256_threads_except_the_one_vector_and_two_vector_tiers():

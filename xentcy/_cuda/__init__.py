@@ -63,6 +63,23 @@ _CACHED_PROB = {
     "bfloat16": ((1, 1024), (2, 256)),
 }
 
+# The cross-entropy kernels with the language-model options (z_loss, softcap, temperature):
+# kernels of their own, so that the plain ones keep their code. Their tiers are the plain
+# ones' except where those spill on sm_80 or sm_90 with the options' extra registers (the
+# options hold their factors, tanh and the slope's exp need more; nvcc 13.0): the half types'
+# and float64's NV = 2 at 1024 threads (64 registers; at 512, ptxas still kept 64 for the
+# half types and spilled), and float64's streamed kernel (80 to 96 registers; its group is
+# 512 threads, not 1024). benchmarks/results/cuda_resources_sm*.txt has them all.
+OPTION_KERNELS = ("index_options", "prob_options")
+_CACHED_OPTIONS = {
+    "float32": _CACHED["float32"],
+    "float64": ((1, 1024), (2, 512), (4, 256), (8, 256)),
+    "float16": ((1, 1024), (2, 256), (4, 256)),
+    "bfloat16": ((1, 1024), (2, 256), (4, 256)),
+}
+_CACHED_PROB_OPTIONS = _CACHED_PROB
+_STREAMED_OPTIONS = {"float32": 1024, "float64": 512, "float16": 1024, "bfloat16": 1024}
+
 # Threads of a block whose groups own one row each (groups of up to a warp).
 _SMALL_GROUP_BLOCK = 256
 _MAX_GROUP = 1024
@@ -75,19 +92,44 @@ def kernel_source() -> str:
     return SOURCE_FILE.read_text(encoding="utf-8")
 
 
-def name_expressions(dtype_names: tuple[str, ...] | list[str] = tuple(C_TYPES)) -> list[str]:
-    """Every kernel instantiation the launcher requests for these dtypes (numpy names)."""
+def _tiers(kernel: str, dtype_name: str) -> tuple[tuple[int, int], ...]:
+    """(NV, MAX_THREADS) of the cached instantiations of a cross-entropy kernel."""
+    if kernel in OPTION_KERNELS:
+        return (_CACHED_PROB_OPTIONS if kernel == "prob_options" else _CACHED_OPTIONS)[dtype_name]
+    return (_CACHED_PROB if kernel == "prob" else _CACHED)[dtype_name]
+
+
+def _streamed_name(kernel: str, dtype_name: str) -> str:
+    t = C_TYPES[dtype_name]
+    if kernel in OPTION_KERNELS:
+        return f"xentcy_{kernel}_streamed<{t}, {_STREAMED_OPTIONS[dtype_name]}>"
+    return f"xentcy_{kernel}_streamed<{t}>"
+
+
+def name_expressions(
+    dtype_names: tuple[str, ...] | list[str] = tuple(C_TYPES), options: bool | None = None
+) -> list[str]:
+    """Every kernel instantiation the launcher requests for these dtypes (numpy names).
+
+    ``options``: None, all of them; False, the plain kernels only; True, the kernels of the
+    language-model options only. CuPy compiles the two sets as two modules, so that a run
+    without the options never compiles (at first use, by NVRTC) the kernels it does not take.
+    """
     names = []
     for dtype_name in dtype_names:
         t = C_TYPES[dtype_name]
-        names += [f"xentcy_index_cached<{t}, {nv}, {mt}>" for nv, mt in _CACHED[dtype_name]]
-        names.append(f"xentcy_index_streamed<{t}>")
-        names += [f"xentcy_prob_cached<{t}, {nv}, {mt}>" for nv, mt in _CACHED_PROB[dtype_name]]
-        names.append(f"xentcy_prob_streamed<{t}>")
-        names += [f"xentcy_softmax_cached<{t}, {nv}, {mt}>" for nv, mt in _CACHED[dtype_name]]
-        names.append(f"xentcy_softmax_streamed<{t}>")
-        names.append(f"xentcy_logsumexp<{t}>")
-        names.append(f"xentcy_eval_streamed<{t}>")
+        if options is not True:
+            for kernel in ("index", "prob"):
+                names += [f"xentcy_{kernel}_cached<{t}, {nv}, {mt}>" for nv, mt in _tiers(kernel, dtype_name)]
+                names.append(_streamed_name(kernel, dtype_name))
+            names += [f"xentcy_softmax_cached<{t}, {nv}, {mt}>" for nv, mt in _CACHED[dtype_name]]
+            names.append(f"xentcy_softmax_streamed<{t}>")
+            names.append(f"xentcy_logsumexp<{t}>")
+            names.append(f"xentcy_eval_streamed<{t}>")
+        if options is not False:
+            for kernel in OPTION_KERNELS:
+                names += [f"xentcy_{kernel}_cached<{t}, {nv}, {mt}>" for nv, mt in _tiers(kernel, dtype_name)]
+                names.append(_streamed_name(kernel, dtype_name))
     return names
 
 
@@ -104,13 +146,16 @@ def _pow2_at_least(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _row_layout(n_vec: int, tiers: tuple[tuple[int, int], ...]) -> tuple[int, int, int]:
+def _row_layout(
+    n_vec: int, tiers: tuple[tuple[int, int], ...], streamed_group: int = _MAX_GROUP
+) -> tuple[int, int, int]:
     """(G, NV, MAX_THREADS) for a row of ``n_vec`` 16-byte vectors; NV = 0: streamed.
 
     Rows of up to 32 vectors take a group of at most a warp, one vector per
     thread; longer rows the smallest group, from a warp up, whose threads hold
     the row in registers (so C <= 1024 in float32 takes one warp); rows too
-    long for that are streamed twice by 1024 threads.
+    long for that are streamed twice by ``streamed_group`` threads (1024 but
+    for float64's kernel of the options).
     """
     if n_vec <= 32:
         return _pow2_at_least(n_vec), 1, tiers[0][1]
@@ -121,11 +166,12 @@ def _row_layout(n_vec: int, tiers: tuple[tuple[int, int], ...]) -> tuple[int, in
             if tier_nv == nv and max_threads >= max(group, _SMALL_GROUP_BLOCK):
                 return group, nv, max_threads
         group *= 2
-    return _MAX_GROUP, 0, _MAX_GROUP
+    return streamed_group, 0, streamed_group
 
 
 def plan(kernel: str, dtype_name: str, n_rows: int, num_classes: int) -> Plan:
-    """The instantiation and grid of ``kernel`` ("index", "prob", "softmax", "logsumexp", "eval")."""
+    """The instantiation and grid of ``kernel`` ("index", "prob", "index_options", "prob_options",
+    "softmax", "logsumexp", "eval")."""
     itemsize = {"float64": 8, "float32": 4}.get(dtype_name, 2)
     if kernel == "eval":
         # one streamed kernel: a group of up to 512 threads (its launch bound), a thread a vector
@@ -133,13 +179,15 @@ def plan(kernel: str, dtype_name: str, n_rows: int, num_classes: int) -> Plan:
         block = _SMALL_GROUP_BLOCK if group <= 32 else group
         name = f"xentcy_eval_streamed<{C_TYPES[dtype_name]}>"
         return Plan(name, group, block, -(-n_rows // (block // group)))
-    tiers = (_CACHED_PROB if kernel == "prob" else _CACHED)[dtype_name]
-    group, nv, max_threads = _row_layout(-(-num_classes // (16 // itemsize)), tiers)
+    streamed_group = _STREAMED_OPTIONS[dtype_name] if kernel in OPTION_KERNELS else _MAX_GROUP
+    group, nv, max_threads = _row_layout(
+        -(-num_classes // (16 // itemsize)), _tiers(kernel, dtype_name), streamed_group
+    )
     t = C_TYPES[dtype_name]
     if kernel == "logsumexp":
         name = f"xentcy_logsumexp<{t}>"
     elif nv == 0:
-        name = f"xentcy_{kernel}_streamed<{t}>"
+        name = _streamed_name(kernel, dtype_name)
     else:
         name = f"xentcy_{kernel}_cached<{t}, {nv}, {max_threads}>"
     block = _SMALL_GROUP_BLOCK if group <= 32 else group
@@ -178,18 +226,19 @@ DTYPES = _dtypes()
 
 
 @functools.cache
-def _module(device_id: int, dtype_name: str) -> Any:
-    """The compiled kernels of one dtype on one device (compiled while that device is current)."""
+def _module(device_id: int, dtype_name: str, options: bool) -> Any:
+    """The compiled kernels of one dtype on one device (compiled while that device is current):
+    the plain ones, or those of the language-model options (see :func:`name_expressions`)."""
     import cupy
 
-    return cupy.RawModule(
-        code=kernel_source(), options=COMPILE_OPTIONS, name_expressions=name_expressions((dtype_name,))
-    )
+    names = name_expressions((dtype_name,), options)
+    return cupy.RawModule(code=kernel_source(), options=COMPILE_OPTIONS, name_expressions=names)
 
 
 @functools.cache
 def _function(device_id: int, dtype_name: str, name: str) -> Any:
-    return _module(device_id, dtype_name).get_function(name)
+    options = name.startswith(tuple(f"xentcy_{kernel}_" for kernel in OPTION_KERNELS))
+    return _module(device_id, dtype_name, options).get_function(name)
 
 
 class CupyLauncher:
@@ -326,6 +375,15 @@ class CudaBackend:
             weight = cp.ascontiguousarray(call.weight) if call.weight is not None else None
             eps = np.float64(call.label_smoothing)
             common = (a, g) if g is not None else (a,)
+            # the language-model options, where any is set: the *_options_* kernels, which take
+            # them after the plain kernels' arguments (softcap None: 0)
+            with_options = call.z_loss != 0.0 or call.softcap is not None or call.temperature != 1.0
+            suffix = "_options" if with_options else ""
+            extra = (
+                (np.float64(call.z_loss), np.float64(call.softcap or 0.0), np.float64(call.temperature))
+                if with_options
+                else ()
+            )
             if call.class_indices:
                 y = cp.ascontiguousarray(call.target).reshape(n_rows)
                 # sum_c w_c, for smoothing (xentcy._checks): float64, on the device, read by the kernel
@@ -336,8 +394,9 @@ class CudaBackend:
                     eps,
                     np.int64(call.ignore_index),  # in int64's range (xentcy._checks)
                     *self._scale_arguments(grad_scale),
+                    *extra,
                 )
-                self._launch("index", logits.dtype, n_rows, num_classes, pointers, options)
+                self._launch("index" + suffix, logits.dtype, n_rows, num_classes, pointers, options)
             else:
                 q = self._rows(call.target, axis)
                 prob_pointers = (a, q, _or_null(weight), _or_null(g), loss)
@@ -345,10 +404,10 @@ class CudaBackend:
                     self._aligned(num_classes, logits.itemsize, q, *common),
                     eps,
                     *self._scale_arguments(grad_scale),
+                    *extra,
                 )
-                self._launch("prob", logits.dtype, n_rows, num_classes, prob_pointers, prob_options)
+                self._launch("prob" + suffix, logits.dtype, n_rows, num_classes, prob_pointers, prob_options)
             return loss.reshape(call.batch_shape), (grad.finish() if grad is not None else None)
-
 
     def evaluate_rows(self, call: CrossEntropyCall) -> tuple[Any, Any, Any]:
         """(losses, ranks, entropies) per sample, batch-shaped: the evaluation kernel (the

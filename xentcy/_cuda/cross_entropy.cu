@@ -16,6 +16,9 @@
 //                     the logits, one write of the result.
 //   *_streamed<T>:    any C; pass 1 keeps an online max and sum, pass 2 reads the row again
 //                     (mostly from L2) and writes: two reads and one write at most.
+// The cross-entropy kernels come twice: plain, and with the language-model options z_loss,
+// softcap and temperature (*_options_*, the Options policy below), so that the plain ones
+// keep their code.
 //
 // Numerics mirror the CPU core (xentcy/_cpu/xent_rows.h): with m = max_c A_c (0 where that
 // max is not finite) and s = sum_c exp(A_c - m), the loss of class c is (m - A_c) + log s,
@@ -61,6 +64,10 @@ __device__ __forceinline__ float acc_log(float x) { return logf(x); }
 __device__ __forceinline__ double acc_log(double x) { return log(x); }
 __device__ __forceinline__ float acc_log1p(float x) { return log1pf(x); }
 __device__ __forceinline__ double acc_log1p(double x) { return log1p(x); }
+__device__ __forceinline__ float acc_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double acc_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float acc_abs(float x) { return fabsf(x); }
+__device__ __forceinline__ double acc_abs(double x) { return fabs(x); }
 
 // The gradient's factor: a value passed by the launcher, or one left on the device.
 __device__ __forceinline__ double scale_of(double value, const double* ptr) { return ptr != nullptr ? *ptr : value; }
@@ -271,6 +278,59 @@ __device__ __forceinline__ void online_row(const T* row, int lane, int end, int 
 }
 
 // ---------------------------------------------------------------------------------------
+// The language-model options of a cross-entropy launch, as a policy of the two kernels below.
+// Plain: none, and none of their code (the plain kernels compile as they did before the
+// options). Options: every row's logits are divided by the temperature, x_c = A_c / T, then,
+// where cap > 0, soft-capped, z_c = cap tanh(x_c / cap); the cross-entropy is that of z; a
+// counted row's loss gets z_loss lse^2 (lse = m + log s of z, unweighted), which adds
+// 2 z_loss lse to the factor of p_c in dL/dz_c; the gradient is chained back to the logits,
+// dL/dA_c = dL/dz_c (1 - tanh(x_c / cap)^2) / T.
+// ---------------------------------------------------------------------------------------
+
+struct Plain {
+    static constexpr bool on = false;
+};
+
+template <typename A>
+struct Options {
+    static constexpr bool on = true;
+    double z_loss;  // 0: none
+    A inv_t;        // 1 / temperature
+    A cap, inv_cap; // cap 0: no soft-cap
+
+    __device__ __forceinline__ Options(double z, double softcap, double temperature)
+        : z_loss(z), inv_t(A(1.0 / temperature)), cap(A(softcap)), inv_cap(A(softcap > 0.0 ? 1.0 / softcap : 0.0)) {}
+
+    __device__ __forceinline__ bool capped() const { return cap > A(0); }
+    // z_c of a logit A_c of the row (never of the -inf padding past it: that must stay -inf).
+    // tanh(+-inf) = +-1: a masked class (-inf) gets z = -cap, as the definition has it.
+    __device__ __forceinline__ A value(A a) const {
+        const A x = a * inv_t;
+        return capped() ? cap * acc_tanh(x * inv_cap) : x;
+    }
+    // dz_c/dA_c. 1 - tanh(u)^2 = r (2 - r) with r = 2 / (exp(2|u|) + 1) = 1 - |tanh u|: no
+    // cancellation where tanh rounds to 1, so that a saturated class keeps the digits of its
+    // (small) gradient (as the CPU core's vector tanh); exp overflows to inf for large |u|, and
+    // the slope is then 0, as it is at +-inf.
+    __device__ __forceinline__ A slope(A a) const {
+        if (!capped()) return inv_t;
+        const A u = (a * inv_t) * inv_cap;
+        const A r = A(2) / (acc_exp(A(2) * acc_abs(u)) + A(1));
+        return inv_t * (r * (A(2) - r));
+    }
+    // The z-loss of a row: z_loss lse^2, for a counted row only (0 without a z-loss, so that a
+    // NaN or infinite lse adds nothing there).
+    __device__ __forceinline__ double loss_term(bool counted, double lse) const {
+        return counted && z_loss != 0.0 ? z_loss * lse * lse : 0.0;
+    }
+    // sum_k w_k q_k, the factor of p_c in the gradient, plus 2 z_loss lse (in double, as the
+    // CPU core; unchanged without a z-loss).
+    __device__ __forceinline__ A mass(A mass, bool counted, double lse) const {
+        return counted && z_loss != 0.0 ? A(double(mass) + 2.0 * z_loss * lse) : mass;
+    }
+};
+
+// ---------------------------------------------------------------------------------------
 // The target of a cross-entropy row, as a policy of the two kernels below (one that holds
 // a row in registers, one that streams it): what differs between class indices and class
 // probabilities, and nothing else. A policy holds the kernel's target arguments and, once
@@ -286,6 +346,7 @@ __device__ __forceinline__ void online_row(const T* row, int lane, int end, int 
 //   loss, mass, wq        the loss, sum_c w_c q_c and w_c q_c of class c
 //   fill(scale), fill_value  whether the gradient row is one value (ignored and bad rows,
 //                         scale 0), and which
+//   counted()             whether the row counts (the z-loss is added to counted rows only)
 // ---------------------------------------------------------------------------------------
 
 // Class indices: q_c = (1 - eps) [c == y] + eps / C. target: an int64 index per row; a row
@@ -319,6 +380,7 @@ struct IndexTarget {
         yi = live ? int(y) : -1;
     }
     __device__ __forceinline__ bool reads(const RowSlot&) const { return live; }
+    __device__ __forceinline__ bool counted() const { return live; }  // not ignored, a valid index
     __device__ __forceinline__ bool smoothing() const { return eps != 0.0; }
 
     template <int NV, int VEC>
@@ -418,6 +480,7 @@ struct ProbTarget {
         smooth = A(eps / double(C));
     }
     __device__ __forceinline__ bool reads(const RowSlot& slot) const { return slot.active; }
+    __device__ __forceinline__ bool counted() const { return live; }  // every row
     __device__ __forceinline__ bool smoothing() const { return true; }  // (t is the loss itself)
 
     // w_c q_c of class c from its loaded q_c; 0 past the row
@@ -477,11 +540,14 @@ struct ProbTarget {
 };
 
 // One row of at most G * NV vectors a group, held in registers: one read of the logits
-// (and of the probabilities), one write of the gradient.
-template <typename Target, int NV, typename T>
+// (and of the probabilities), one write of the gradient. With a soft-cap (Options), the
+// gradient's pass reads the logits again for the cap's slope: its registers hold exp(z_c - m)
+// by then, and a second array of them would not fit the 1024-thread tiers' 64 registers.
+template <typename Target, int NV, typename Opt, typename T>
 __device__ __forceinline__ void cached_rows(Target& tg, const T* logits, const T* target_rows, T* grad,
                                             double* __restrict__ loss, long long n_rows, long long C, int G,
-                                            bool aligned, double scale_value, const double* scale_ptr) {
+                                            bool aligned, double scale_value, const double* scale_ptr,
+                                            const Opt& opt) {
     using A = typename Acc<T>::type;
     constexpr int VEC = Pack<T>::VEC;
     __shared__ A smem[32][kMaxReduce];
@@ -498,6 +564,11 @@ __device__ __forceinline__ void cached_rows(Target& tg, const T* logits, const T
         const int base = (k * G + slot.lane) * VEC;
         load_vec(logits + offset, base, limit, aligned, -acc_inf(A(0)), x[k]);
         tg.hold(held, k, target_rows + offset, base, limit, aligned);
+        if constexpr (Opt::on) {
+#pragma unroll
+            for (int i = 0; i < VEC; ++i)
+                if (base + i < limit) x[k][i] = opt.value(x[k][i]);
+        }
     }
     const A shift = cached_shift(x, G, smem);
 
@@ -519,7 +590,14 @@ __device__ __forceinline__ void cached_rows(Target& tg, const T* logits, const T
 
     tg.extra = part[3];
     tg.finish(C);
-    if (slot.lane == 0) loss[slot.row] = tg.loss(double(part[2]), double(log_sum(part[0], part[1])), C);
+    if constexpr (Opt::on) {
+        if (slot.lane == 0) {
+            const double log_s = double(log_sum(part[0], part[1]));
+            loss[slot.row] = tg.loss(double(part[2]), log_s, C) + opt.loss_term(tg.counted(), double(shift) + log_s);
+        }
+    } else {
+        if (slot.lane == 0) loss[slot.row] = tg.loss(double(part[2]), double(log_sum(part[0], part[1])), C);
+    }
     if (grad == nullptr) return;
 
     // dL/dA_c = scale (p_c sum_k w_k q_k - w_c q_c); one value where the row is filled
@@ -528,7 +606,10 @@ __device__ __forceinline__ void cached_rows(Target& tg, const T* logits, const T
     const bool fill = tg.fill(scale);
     const A fill_value = tg.fill_value();
     const A inv_s = A(1) / (part[0] + part[1]);
-    const A mass = tg.mass();
+    A mass = tg.mass();
+    if constexpr (Opt::on) {
+        if (!fill) mass = opt.mass(mass, tg.counted(), double(shift) + double(log_sum(part[0], part[1])));
+    }
     const A sc = A(scale);
     T* g = grad + slot.row * C;
 #pragma unroll
@@ -541,6 +622,20 @@ __device__ __forceinline__ void cached_rows(Target& tg, const T* logits, const T
             out[i] = fill_value;
             if (!fill && c < int(C))
                 out[i] = sc * grad_term(x[k][i], inv_s, part[0], part[1], mass, tg.wq(held, k, i, c));
+        }
+        if constexpr (Opt::on) {
+            // dL/dz_c into dL/dA_c (a filled row keeps its value); with a soft-cap the logits
+            // are read again for the slope, before the store below, which may write over them
+            // (elements past the row read as 0 and are not stored)
+            if (!fill && opt.capped()) {
+                A raw[VEC];
+                load_vec(logits + offset, base, limit, aligned, A(0), raw);
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) out[i] *= opt.slope(raw[i]);
+            } else if (!fill) {
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) out[i] *= opt.inv_t;
+            }
         }
         store_vec(g, base, int(C), aligned, out);
     }
@@ -560,12 +655,24 @@ __device__ __forceinline__ void load_vectors(const Target& tg, const T* a, const
     }
 }
 
+// (Options) z_c of the logits a streaming thread loaded at v0: the row's elements only, the
+// padding past it stays -inf.
+template <typename Opt, int U, int VEC, typename A>
+__device__ __forceinline__ void transform_vectors(const Opt& opt, int v0, int G, int limit, A (&x)[U][VEC]) {
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int i = 0; i < VEC; ++i)
+            if ((v0 + u * G) * VEC + i < limit) x[u][i] = opt.value(x[u][i]);
+}
+
 // Any C: pass 1 keeps an online max and sum, pass 2 reads the row again (mostly from L2),
 // for t and the gradient: two reads of the logits (and the probabilities) and one write.
-template <typename Target, typename T>
+template <typename Target, typename Opt, typename T>
 __device__ __forceinline__ void streamed_rows(Target& tg, const T* logits, const T* target_rows, T* grad,
                                               double* __restrict__ loss, long long n_rows, long long C, int G,
-                                              bool aligned, double scale_value, const double* scale_ptr) {
+                                              bool aligned, double scale_value, const double* scale_ptr,
+                                              const Opt& opt) {
     using A = typename Acc<T>::type;
     constexpr int VEC = Pack<T>::VEC;
     constexpr int U = Target::kVectorsInFlight;  // vectors in flight per thread
@@ -588,6 +695,7 @@ __device__ __forceinline__ void streamed_rows(Target& tg, const T* logits, const
         A x[U][VEC];
         typename Target::template Vectors<U, VEC> vs;
         load_vectors(tg, a, q, v0, G, limit, aligned, x, vs);
+        if constexpr (Opt::on) transform_vectors(opt, v0, G, limit, x);
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             online_fold(m, ones, delta, x[u]);
@@ -609,7 +717,10 @@ __device__ __forceinline__ void streamed_rows(Target& tg, const T* logits, const
         const bool fill = tg.fill(scale);
         const A fill_value = tg.fill_value();
         const A inv_s = A(1) / (sum_ones + sum_delta);
-        const A mass = tg.mass();
+        A mass = tg.mass();
+        if constexpr (Opt::on) {
+            if (!fill) mass = opt.mass(mass, tg.counted(), double(shift) + double(log_sum(sum_ones, sum_delta)));
+        }
         const A sc = A(scale);
         T* g = grad != nullptr && slot.active ? grad + slot.row * C : nullptr;
         const int end = g != nullptr || reads ? n_vec : 0;
@@ -627,10 +738,19 @@ __device__ __forceinline__ void streamed_rows(Target& tg, const T* logits, const
                     out[i] = fill_value;
                     if (c < limit) {
                         A unused = A(0);
-                        tg.fold(vs, u, i, c, limit, x[u][i], shift, t[0], unused);
-                        if (!fill)
-                            out[i] = sc * grad_term(acc_exp(x[u][i] - shift), inv_s, sum_ones, sum_delta, mass,
-                                                    tg.wq(vs, u, i, c));
+                        if constexpr (Opt::on) {
+                            // z_c from A_c, and dL/dz_c chained back to dL/dA_c
+                            const A z = opt.value(x[u][i]);
+                            tg.fold(vs, u, i, c, limit, z, shift, t[0], unused);
+                            if (!fill)
+                                out[i] = sc * grad_term(acc_exp(z - shift), inv_s, sum_ones, sum_delta, mass,
+                                                        tg.wq(vs, u, i, c)) * opt.slope(x[u][i]);
+                        } else {
+                            tg.fold(vs, u, i, c, limit, x[u][i], shift, t[0], unused);
+                            if (!fill)
+                                out[i] = sc * grad_term(acc_exp(x[u][i] - shift), inv_s, sum_ones, sum_delta,
+                                                        mass, tg.wq(vs, u, i, c));
+                        }
                     }
                 }
                 if (g != nullptr) store_vec(g, base, int(C), aligned, out);
@@ -638,8 +758,15 @@ __device__ __forceinline__ void streamed_rows(Target& tg, const T* logits, const
         }
         if (tg.smoothing()) group_reduce(t, G, SumOp(), smem);
     }
-    if (slot.active && slot.lane == 0)
-        loss[slot.row] = tg.loss(double(t[0]), double(log_sum(sum_ones, sum_delta)), C);
+    if constexpr (Opt::on) {
+        if (slot.active && slot.lane == 0) {
+            const double log_s = double(log_sum(sum_ones, sum_delta));
+            loss[slot.row] = tg.loss(double(t[0]), log_s, C) + opt.loss_term(tg.counted(), double(shift) + log_s);
+        }
+    } else {
+        if (slot.active && slot.lane == 0)
+            loss[slot.row] = tg.loss(double(t[0]), double(log_sum(sum_ones, sum_delta)), C);
+    }
 }
 
 }  // namespace xentcy
@@ -654,6 +781,13 @@ using xentcy::Pack;
 // else (N, C), which may be the logits themselves. scale: the factor in front of each
 // gradient (1/D for the mean), scale_value or, where scale_ptr is not null, the float64
 // it points to (D left on the device: nothing is read back for it); 0 writes zeros.
+//
+// The *_options_* kernels take the language-model options besides (Options above): z_loss
+// (0: none), softcap (0: none) and temperature (1: none). They are kernels of their own, so
+// that the plain ones keep their code and registers (benchmarks/results/cuda_resources_*);
+// the launcher takes them only where an option is set. Their extra registers give them tiers
+// of their own where the plain ones' would spill, and a launch bound on the streamed ones
+// (float64: 512; xentcy/_cuda/__init__.py).
 // ---------------------------------------------------------------------------------------
 
 #define XENTCY_INDEX_ARGS                                                                              \
@@ -665,35 +799,69 @@ using xentcy::Pack;
     const T *logits, const T *target, const T *__restrict__ weight, T *grad,                           \
         double *__restrict__ loss, long long n_rows, long long C, int G, int aligned, double eps,      \
         double scale_value, const double *__restrict__ scale_ptr
+#define XENTCY_OPTION_ARGS double z_loss, double softcap, double temperature
 
 template <typename T, int NV, int MAX_THREADS>
 __global__ void __launch_bounds__(MAX_THREADS) xentcy_index_cached(XENTCY_INDEX_ARGS) {
     xentcy::IndexTarget<T> tg{target, weight, weight_sum, ignore_index, eps};
     xentcy::cached_rows<xentcy::IndexTarget<T>, NV>(tg, logits, logits, grad, loss, n_rows, C, G, aligned != 0,
-                                                    scale_value, scale_ptr);
+                                                    scale_value, scale_ptr, xentcy::Plain());
 }
 
 template <typename T>
 __global__ void __launch_bounds__(1024) xentcy_index_streamed(XENTCY_INDEX_ARGS) {
     xentcy::IndexTarget<T> tg{target, weight, weight_sum, ignore_index, eps};
-    xentcy::streamed_rows(tg, logits, logits, grad, loss, n_rows, C, G, aligned != 0, scale_value, scale_ptr);
+    xentcy::streamed_rows(tg, logits, logits, grad, loss, n_rows, C, G, aligned != 0, scale_value, scale_ptr,
+                          xentcy::Plain());
 }
 
 template <typename T, int NV, int MAX_THREADS>
 __global__ void __launch_bounds__(MAX_THREADS) xentcy_prob_cached(XENTCY_PROB_ARGS) {
     xentcy::ProbTarget<T> tg{target, weight, eps};
     xentcy::cached_rows<xentcy::ProbTarget<T>, NV>(tg, logits, target, grad, loss, n_rows, C, G, aligned != 0,
-                                                   scale_value, scale_ptr);
+                                                   scale_value, scale_ptr, xentcy::Plain());
 }
 
 template <typename T>
 __global__ void __launch_bounds__(1024) xentcy_prob_streamed(XENTCY_PROB_ARGS) {
     xentcy::ProbTarget<T> tg{target, weight, eps};
-    xentcy::streamed_rows(tg, logits, target, grad, loss, n_rows, C, G, aligned != 0, scale_value, scale_ptr);
+    xentcy::streamed_rows(tg, logits, target, grad, loss, n_rows, C, G, aligned != 0, scale_value, scale_ptr,
+                          xentcy::Plain());
+}
+
+template <typename T, int NV, int MAX_THREADS>
+__global__ void __launch_bounds__(MAX_THREADS) xentcy_index_options_cached(XENTCY_INDEX_ARGS, XENTCY_OPTION_ARGS) {
+    xentcy::IndexTarget<T> tg{target, weight, weight_sum, ignore_index, eps};
+    const xentcy::Options<typename Acc<T>::type> opt(z_loss, softcap, temperature);
+    xentcy::cached_rows<xentcy::IndexTarget<T>, NV>(tg, logits, logits, grad, loss, n_rows, C, G, aligned != 0,
+                                                    scale_value, scale_ptr, opt);
+}
+
+template <typename T, int MAX_THREADS>
+__global__ void __launch_bounds__(MAX_THREADS) xentcy_index_options_streamed(XENTCY_INDEX_ARGS, XENTCY_OPTION_ARGS) {
+    xentcy::IndexTarget<T> tg{target, weight, weight_sum, ignore_index, eps};
+    const xentcy::Options<typename Acc<T>::type> opt(z_loss, softcap, temperature);
+    xentcy::streamed_rows(tg, logits, logits, grad, loss, n_rows, C, G, aligned != 0, scale_value, scale_ptr, opt);
+}
+
+template <typename T, int NV, int MAX_THREADS>
+__global__ void __launch_bounds__(MAX_THREADS) xentcy_prob_options_cached(XENTCY_PROB_ARGS, XENTCY_OPTION_ARGS) {
+    xentcy::ProbTarget<T> tg{target, weight, eps};
+    const xentcy::Options<typename Acc<T>::type> opt(z_loss, softcap, temperature);
+    xentcy::cached_rows<xentcy::ProbTarget<T>, NV>(tg, logits, target, grad, loss, n_rows, C, G, aligned != 0,
+                                                   scale_value, scale_ptr, opt);
+}
+
+template <typename T, int MAX_THREADS>
+__global__ void __launch_bounds__(MAX_THREADS) xentcy_prob_options_streamed(XENTCY_PROB_ARGS, XENTCY_OPTION_ARGS) {
+    xentcy::ProbTarget<T> tg{target, weight, eps};
+    const xentcy::Options<typename Acc<T>::type> opt(z_loss, softcap, temperature);
+    xentcy::streamed_rows(tg, logits, target, grad, loss, n_rows, C, G, aligned != 0, scale_value, scale_ptr, opt);
 }
 
 #undef XENTCY_INDEX_ARGS
 #undef XENTCY_PROB_ARGS
+#undef XENTCY_OPTION_ARGS
 
 // ---------------------------------------------------------------------------------------
 // softmax (log_space == 0) or log_softmax (log_space != 0) of each row into out (N, C):
