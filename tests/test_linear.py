@@ -240,3 +240,40 @@ def test_bad_inputs_are_clear_errors(case, error, match):
         hidden = hidden.astype(np.int64)
     with pytest.raises(error, match=match):
         xc.linear_loss_and_grad(hidden, classifier, target, **kw)
+
+
+@pytest.mark.only_xp_backends("cuda_host", "cupy", reason="half-precision inputs run on the GPU backend")
+def test_half_precision_accumulates_d_classifier_in_float32(xp):
+    # float16 hidden states and classifier, one row a chunk: 512 chunks' d_classifier parts summed
+    # in float16 would be off by hundreds of its ulps; in float32 and rounded once they are
+    # within a few of the float64 reference of the same (float16) inputs
+    rng = np.random.default_rng(12)
+    hidden = (rng.standard_normal((512, 8)) + 1.0).astype(np.float16)
+    classifier = (rng.standard_normal((5, 8)) / 3).astype(np.float16)
+    bias = rng.standard_normal(5).astype(np.float16)
+    target = rng.integers(0, 5, 512)
+    loss, d_h, d_w, d_b = xc.linear_loss_and_grad(
+        make(xp, hidden), make(xp, classifier), make(xp, target), bias=make(xp, bias), reduction="sum",
+        chunk_size=1,
+    )
+    want = _reference(hidden, classifier, target, bias, reduction="sum")
+    assert to_numpy(d_w).dtype == np.float16 and to_numpy(loss).dtype == np.float32
+    np.testing.assert_allclose(to_numpy(loss), want[0], rtol=2e-3)
+    for got, ref_value in ((d_w, want[2]), (d_b, want[3])):
+        got = to_numpy(got).astype(np.float64)
+        np.testing.assert_allclose(got, ref_value, rtol=3e-3, atol=3e-3 * np.abs(ref_value).max())
+
+
+def test_language_model_options_on_every_backend(xp):
+    import reference as ref
+
+    hidden, classifier, bias, target = _problem(n=20, h=4, v=7, seed=13, ignored=(2,))
+    options = {"z_loss": 1e-2, "softcap": 2.0, "temperature": 0.9}
+    loss, d_h, d_w, d_b = xc.linear_loss_and_grad(
+        make(xp, hidden), make(xp, classifier), make(xp, target), bias=make(xp, bias), chunk_size=6, **options
+    )
+    want_loss, g = ref.cross_entropy_and_grad(hidden @ classifier.T + bias, target, **options)
+    np.testing.assert_allclose(to_numpy(loss), want_loss, rtol=1e-12)
+    np.testing.assert_allclose(to_numpy(d_h), g @ classifier, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(to_numpy(d_w), g.T @ hidden, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(to_numpy(d_b), g.sum(0), rtol=1e-10, atol=1e-14)
