@@ -57,4 +57,5 @@ LD_PRELOAD="$asan" PYTHONSAFEPATH=1 PYTHONPATH="$(realpath "$out")" python -m py
     --durations=5 -k "not cupy and not torch and not jax and not dask" \
     tests/test_worked_example.py tests/test_conformance.py tests/test_errors.py tests/test_edge_cases.py \
     tests/test_numpy_layouts.py tests/test_gradients.py tests/test_reliability.py tests/test_fuzz.py \
-    tests/test_cuda_backend.py tests/test_cuda_host.py tests/test_compare_rows.py tests/test_xla_handler.py
+    tests/test_cuda_backend.py tests/test_cuda_host.py tests/test_compare_rows.py tests/test_xla_handler.py \
+    tests/test_lm_options.py tests/test_cuda_options.py

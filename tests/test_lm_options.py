@@ -197,6 +197,9 @@ def test_half_precision(xp):
         ({"temperature": 0}, ValueError, "temperature must be a positive finite number, got 0.0"),
         ({"temperature": math.inf}, ValueError, "temperature must be a positive finite number, got inf"),
         ({"temperature": None}, TypeError, "temperature must be a positive finite number, got NoneType"),
+        # (the kernels multiply by 1 / T and 1 / (T cap): float32 could not hold 1e39)
+        ({"temperature": 1e-20}, ValueError, r"temperature must be in \[1e-15, 1e\+15\], got 1e-20"),
+        ({"softcap": 1e16}, ValueError, r"softcap must be in \[1e-15, 1e\+15\], got 1e\+16"),
     ],
 )
 def test_bad_options_are_clear_errors(xp, kwargs, error, match):
@@ -272,3 +275,47 @@ def test_vector_tanh_against_numpy_and_mpmath():
             _core.vector_tanh(special, t, d)
             np.testing.assert_array_equal(t, [0.0, -0.0, 1.0, -1.0, np.nan])
             assert np.signbit(t[1]) and np.array_equal(d[:4], [1.0, 1.0, 0.0, 0.0])
+
+
+def test_random_shapes_layouts_and_specials():
+    # the transformed path's chunks over random shapes (few classes, rows of every size), memory
+    # layouts (strided rows, column-major: copies or views), targets, non-finite logits and
+    # options; run under AddressSanitizer by scripts/sanitize.sh. Finite rows against the
+    # reference, relative to the size of the quantities (float32: 1e-4 of it).
+    rng = np.random.default_rng(21)
+    for case in range(60):
+        dtype = (np.float32, np.float64)[case % 2]
+        n = int(rng.integers(0, 40))
+        c = int(rng.choice([1, 2, 3, 15, 16, 17, 63, 64, 65, 100, 1000, 1500]))
+        a = rng.standard_normal((n, c)) * rng.choice([1.0, 10.0, 100.0])
+        if n and rng.random() < 0.5:
+            a[rng.integers(0, n), rng.integers(0, c)] = rng.choice([np.inf, -np.inf, np.nan])
+        layout = rng.choice(["c", "f", "strided"])
+        logits = a.astype(dtype)
+        if layout == "f":
+            logits = np.asfortranarray(logits)
+        elif layout == "strided":
+            logits = np.repeat(logits, 2, axis=0)[::2]
+        if rng.random() < 0.5:
+            target = rng.integers(0, c, n)
+            target[rng.random(n) < 0.2] = -100
+        else:
+            target = rng.dirichlet(np.ones(c), n).astype(dtype) if n else np.zeros((0, c), dtype)
+        kwargs = {
+            "z_loss": float(rng.choice([0.0, 1e-4, 0.1])),
+            "softcap": rng.choice([None, 0.5, 30.0]),
+            "temperature": float(rng.choice([1.0, 0.3, 4.0])),
+            "reduction": rng.choice(["sum", "none"]),
+            "label_smoothing": float(rng.choice([0.0, 0.1])),
+        }
+        kwargs["softcap"] = None if kwargs["softcap"] is None else float(kwargs["softcap"])
+        loss, grad = xc.loss_and_grad(logits, target, **kwargs)
+        want_loss, want_grad = ref.cross_entropy_and_grad(logits.astype(np.float64), target, **kwargs)
+        rtol = 1e-4 if dtype == np.float32 else 1e-10
+        finite = np.isfinite(a).all(axis=1)
+        if kwargs["reduction"] == "none":
+            size = np.abs(want_loss[finite]) + 1
+            assert np.all(np.abs(loss[finite] - want_loss[finite]) <= rtol * size * 10), case
+        elif finite.all():
+            assert abs(loss - want_loss) <= rtol * 10 * (abs(want_loss) + n), case
+        np.testing.assert_allclose(grad[finite], want_grad[finite], rtol=0, atol=rtol * 10, err_msg=str(case))

@@ -194,20 +194,31 @@ def _positive_real(value: Any, name: str, what: str) -> float:
     return float(value)
 
 
+# The range of softcap and temperature: the kernels multiply by 1 / T and 1 / (T cap), which
+# must be normal float32 numbers (the logits' or their accumulation's type); 1e15 times or a
+# 1e15th of a logit is past any use (a temperature of 1e-15 is the argmax already).
+SCALE_RANGE = (1e-15, 1e15)
+
+
 def check_loss_options(z_loss: Any, softcap: Any, temperature: Any) -> tuple[float, float | None, float]:
     """(z_loss, softcap, temperature) of a loss call: z_loss a finite number >= 0, softcap None
-    or a positive finite number, temperature a positive finite number."""
+    or a positive number, temperature a positive number, both in SCALE_RANGE."""
     z = _positive_real(z_loss, "z_loss", "a finite number >= 0")
     if not (math.isfinite(z) and z >= 0.0):
         raise ValueError(f"z_loss must be a finite number >= 0, got {z}")
+    low, high = SCALE_RANGE
     cap = None
     if softcap is not None:
         cap = _positive_real(softcap, "softcap", "None or a positive finite number")
         if not (math.isfinite(cap) and cap > 0.0):
             raise ValueError(f"softcap must be None or a positive finite number, got {cap}")
+        if not low <= cap <= high:
+            raise ValueError(f"softcap must be in [{low:g}, {high:g}], got {cap}")
     t = _positive_real(temperature, "temperature", "a positive finite number")
     if not (math.isfinite(t) and t > 0.0):
         raise ValueError(f"temperature must be a positive finite number, got {t}")
+    if not low <= t <= high:
+        raise ValueError(f"temperature must be in [{low:g}, {high:g}], got {t}")
     return z, cap, t
 
 

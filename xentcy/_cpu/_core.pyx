@@ -264,9 +264,10 @@ cdef void _set_logits(xent_args* k, const floating[:, :] A) noexcept:
 
 cdef _set_options(xent_args* k, double z_loss, double temperature, double softcap):
     """The loss options into k, checked again here (the kernels rely on them)."""
-    if not (z_loss >= 0 and temperature > 0 and softcap >= 0) or isinf(z_loss) or isinf(temperature) or isinf(softcap):
+    # (xentcy._checks.SCALE_RANGE: 1 / T and 1 / (T cap) normal float32 numbers)
+    if not (z_loss >= 0 and 1e-15 <= temperature <= 1e15 and (softcap == 0 or 1e-15 <= softcap <= 1e15)) or isinf(z_loss):
         raise ValueError(
-            f"z_loss must be >= 0, temperature > 0 and softcap >= 0, all finite; "
+            f"z_loss must be finite and >= 0, temperature in [1e-15, 1e15] and softcap 0 or in it; "
             f"got {z_loss}, {temperature}, {softcap}"
         )
     k.z_loss, k.temperature, k.softcap = z_loss, temperature, softcap

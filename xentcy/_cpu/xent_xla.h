@@ -257,10 +257,11 @@ static const char* xent_xla_parse(const XLA_FFI_CallFrame* frame, xent_xla_call*
     c->softcap = softcap ? *softcap : 0.0;
     c->denominator = denominator ? *denominator : 0.0;
     /* (written so that NaN fails too) */
-    if (!(c->z_loss >= 0 && c->z_loss <= 1e308 && c->temperature > 0 && c->temperature <= 1e308 &&
-          c->softcap >= 0 && c->softcap <= 1e308 && c->denominator >= 0 && c->denominator <= 1e308))
-        return "xentcy_cross_entropy: z_loss, temperature, softcap and denominator must be finite, "
-               "temperature > 0 and the others >= 0";
+    if (!(c->z_loss >= 0 && c->z_loss <= 1e308 && c->temperature >= 1e-15 && c->temperature <= 1e15 &&
+          (c->softcap == 0 || (c->softcap >= 1e-15 && c->softcap <= 1e15)) && c->denominator >= 0 &&
+          c->denominator <= 1e308))
+        return "xentcy_cross_entropy: z_loss and denominator must be finite and >= 0, temperature in "
+               "[1e-15, 1e15], softcap 0 or in that range";
 
     const XLA_FFI_Buffer* loss = xent_xla_buffer(&frame->rets, 0);
     const XLA_FFI_Buffer* g = xent_xla_buffer(&frame->rets, 1);
