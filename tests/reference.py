@@ -116,9 +116,10 @@ def cross_entropy_and_grad(logits, target, axis=-1, weight=None, ignore_index=-1
         neg_log_p = (m - A) + np.log(s)
         terms = np.where(wq != 0.0, wq * neg_log_p, 0.0)
     per_sample = np.sum(terms, axis=-1)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):
         lse = (m + np.log(s))[:, 0]
-    per_sample = per_sample + np.where(valid, z_loss * lse**2, 0.0)
+    if z_loss != 0.0:  # (0 * lse^2 would be NaN where lse is infinite: no z-loss adds nothing)
+        per_sample = per_sample + np.where(valid, z_loss * lse**2, 0.0)
     # A NaN logit poisons its sample even where its target mass is 0, unless the sample
     # is ignored (ignored samples have loss 0, as in torch).
     per_sample = np.where(np.isnan(A).any(axis=-1) & valid, np.nan, per_sample)
@@ -139,8 +140,10 @@ def cross_entropy_and_grad(logits, target, axis=-1, weight=None, ignore_index=-1
         loss = np.float64(np.nan) if D == 0 else np.float64(np.sum(per_sample) / D)
 
     with np.errstate(invalid="ignore"):
-        g = p * (np.sum(wq, axis=-1, keepdims=True) + 2 * z_loss * lse[:, None]) - wq
-        g = g * dA
+        mass = np.sum(wq, axis=-1, keepdims=True)
+        g = p * (mass + 2 * z_loss * lse[:, None] if z_loss != 0.0 else mass) - wq
+        if softcap is not None or temperature != 1.0:
+            g = g * dA
     if D == 0:
         g = np.zeros_like(g)
     elif np.isinf(D):
