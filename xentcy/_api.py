@@ -34,6 +34,18 @@ def softmax(x: Array, /, *, axis: int = -1) -> Array:
         Probabilities of x's shape, dtype, library and device; each slice
         along ``axis`` sums to 1.
 
+    Raises
+    ------
+    TypeError
+        Non-floating x, or an array of no array-API library.
+    ValueError
+        A 0-d x, an axis out of range, dimensions of unknown size.
+
+    See Also
+    --------
+    log_softmax, logsumexp
+    cross_entropy : the loss, without the probabilities.
+
     Examples
     --------
     >>> import numpy as np
@@ -61,6 +73,17 @@ def log_softmax(x: Array, /, *, axis: int = -1) -> Array:
     -------
     array
         Log-probabilities of x's shape, dtype, library and device.
+
+    Raises
+    ------
+    TypeError
+        Non-floating x, or an array of no array-API library.
+    ValueError
+        A 0-d x, an axis out of range, dimensions of unknown size.
+
+    See Also
+    --------
+    softmax, logsumexp
 
     Examples
     --------
@@ -92,6 +115,17 @@ def logsumexp(x: Array, /, *, axis: int = -1, keepdims: bool = False) -> Array:
     array
         x's shape without ``axis`` (or with length 1 there), x's dtype.
         A slice of all -inf gives -inf.
+
+    Raises
+    ------
+    TypeError
+        Non-floating x, or an array of no array-API library.
+    ValueError
+        A 0-d x, an axis out of range, dimensions of unknown size.
+
+    See Also
+    --------
+    log_softmax : x minus its logsumexp.
 
     Examples
     --------
@@ -230,6 +264,14 @@ def cross_entropy(
         comes with another reduction than "mean", a negative ``z_loss``, a
         ``softcap`` or ``temperature`` that is not a positive finite number.
 
+    See Also
+    --------
+    loss_and_grad : the loss and its gradient in one pass.
+    cross_entropy_grad : the gradient alone.
+    CrossEntropyLoss : the forward/backward protocol of a layer.
+    linear_cross_entropy : the loss of a linear layer's output, without its logits.
+    xentcy.torch.cross_entropy, xentcy.jax.cross_entropy : differentiable by torch and JAX.
+
     Examples
     --------
     The worked example of the spec (classes count from 0):
@@ -279,10 +321,11 @@ def loss_and_grad(
 ) -> tuple[Array, Array]:
     """The loss and its gradient with respect to ``logits``, in one fused pass.
 
-    Arguments as :func:`cross_entropy`, and:
-
     Parameters
     ----------
+    logits, target, axis, weight, ignore_index, label_smoothing, reduction, z_loss, softcap, \
+temperature, denominator
+        As in :func:`cross_entropy`.
     out : array, optional
         A writable buffer of the logits' shape, dtype and library that
         receives the gradient; it is returned as ``grad``. It must not share
@@ -300,6 +343,17 @@ def loss_and_grad(
     grad : array
         d loss / d logits, of the logits' shape and dtype. For
         ``reduction="none"`` the gradient of the sum of the per-sample losses.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`cross_entropy`; an ``out`` of another library, shape or dtype, a
+        read-only buffer, or one that shares memory with another argument.
+
+    See Also
+    --------
+    cross_entropy : the loss alone.
+    cross_entropy_grad : the gradient alone.
 
     Examples
     --------
@@ -351,13 +405,27 @@ def cross_entropy_grad(
 ) -> Array:
     """The gradient of :func:`cross_entropy` with respect to ``logits``.
 
-    Arguments as :func:`cross_entropy`. For the spec's case (one-hot Y,
-    mean) it is (softmax(A) - Y) / N.
+    For the spec's case (one-hot Y, mean) it is (softmax(A) - Y) / N.
+
+    Parameters
+    ----------
+    logits, target, axis, weight, ignore_index, label_smoothing, reduction, z_loss, softcap, \
+temperature, denominator
+        As in :func:`cross_entropy`.
 
     Returns
     -------
     array
         A new array of the logits' shape, dtype, library and device.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`cross_entropy`.
+
+    See Also
+    --------
+    loss_and_grad : the loss too, from the same pass.
 
     Examples
     --------

@@ -49,9 +49,10 @@ def _ratio(num: float, den: float) -> float:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """The metrics of an evaluation and the exact sums behind them.
+    """The metrics of an evaluation and the exact sums behind them (each parameter is an
+    attribute of the same name).
 
-    Attributes
+    Parameters
     ----------
     loss : float
         The mean loss, with PyTorch's denominator: ``loss_sum / denominator`` (the sum
@@ -79,6 +80,18 @@ class Evaluation:
     kl_sum : float
     agreement_count, reference_count : int
         The sums behind them.
+
+    See Also
+    --------
+    evaluate, Evaluator : what returns one.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xentcy as xc
+    >>> r = xc.evaluate(np.array([[2.0, 1.0, 0.1], [0.1, 2.0, 1.9]]), np.array([1, 0]), top_k=(1, 2))
+    >>> r.count, r.accuracy, round(r.loss_sum / r.denominator, 6) == round(r.loss, 6)
+    (2, {1: 0.0, 2: 0.5}, True)
     """
 
     loss: float
@@ -158,6 +171,17 @@ class Evaluator:
     top_k : int or sequence of int, default (1, 5)
         The k of the top-k accuracies.
 
+    Raises
+    ------
+    TypeError, ValueError
+        A bad ``top_k``, ``softcap`` or ``temperature``; ``update`` raises as
+        :func:`xentcy.cross_entropy` for a bad batch.
+
+    See Also
+    --------
+    evaluate : the same over arrays at hand, batch by batch.
+    Evaluation : what :meth:`~xentcy.Evaluator.result` returns.
+
     Examples
     --------
     >>> import numpy as np
@@ -199,11 +223,18 @@ class Evaluator:
                 self.temperature)  # fmt: skip
 
     def update(self, logits: Array, target: Array = None, /, *, reference: Array = None) -> None:
-        """Add one batch: ``logits`` and its ``target`` (as :func:`xentcy.cross_entropy`
-        takes them), and optionally the ``reference`` logits of a second model (same shape),
-        for the KL divergence and the top-1 agreement; ``target`` may then be None.
+        """Add one batch.
 
         Bad arguments raise at once, as in :func:`xentcy.cross_entropy`.
+
+        Parameters
+        ----------
+        logits, target : array
+            As :func:`xentcy.cross_entropy` takes them; ``target`` may be None with
+            ``reference``.
+        reference : array, optional
+            The logits of a second model (same shape), for the KL divergence and the top-1
+            agreement.
         """
         arrays = {"logits": logits, "target": target, "reference": reference, "weight": self.weight}
         with _dispatch.route(arrays) as r:
@@ -282,9 +313,17 @@ class Evaluator:
         st.reference_count = st.reference_count + n
 
     def merge(self, other: Evaluator) -> Evaluator:
-        """Add the batches of ``other`` (an evaluator of the same settings) to these; exact.
+        """Add the batches of another evaluator to these; exact.
 
-        Returns self.
+        Parameters
+        ----------
+        other : Evaluator
+            An evaluator of the same settings (a ValueError otherwise).
+
+        Returns
+        -------
+        Evaluator
+            self.
         """
         if not isinstance(other, Evaluator):
             raise TypeError(f"other must be an Evaluator, got {type(other).__name__}")
@@ -304,8 +343,14 @@ class Evaluator:
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        """The sums and counts as plain Python numbers (reads device sums back), with the
-        settings they belong to: for a checkpoint, or for :meth:`load_state_dict`."""
+        """The sums and counts as plain Python numbers (reads device sums back).
+
+        Returns
+        -------
+        dict
+            The sums, the counts and the settings they belong to: for a checkpoint, or for
+            :meth:`~xentcy.Evaluator.load_state_dict`.
+        """
         st = self._computed()
         out: dict[str, Any] = {name: float(_host(getattr(st, name))) for name in _SUMS}
         out.update({name: int(_host(getattr(st, name))) for name in _COUNTS})
@@ -325,7 +370,14 @@ class Evaluator:
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (the settings must agree)."""
+        """Restore a saved state.
+
+        Parameters
+        ----------
+        state : dict
+            What :meth:`~xentcy.Evaluator.state_dict` returned, for the same settings (a
+            ValueError otherwise).
+        """
         settings = state.get("settings", {})
         mine = self.state_dict()["settings"]
         if {**settings, "top_k": list(settings.get("top_k", []))} != mine:
@@ -360,7 +412,13 @@ class Evaluator:
 
     def result(self) -> Evaluation:
         """The metrics of every batch so far (the one read-back of device sums; Dask sums
-        are computed here, together)."""
+        are computed here, together).
+
+        Returns
+        -------
+        Evaluation
+            The metrics and the sums behind them.
+        """
         st = self._computed()
         bad = int(_host(st.bad_batch))
         if bad >= 0:
@@ -608,6 +666,15 @@ def target_rank(logits: Array, target: Array, /, *, axis: int = -1, ignore_index
     -------
     array
         int64 ranks shaped like the batch axes, of the logits' library and device.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`xentcy.cross_entropy`.
+
+    See Also
+    --------
+    evaluate : top-k accuracies from these ranks, with the loss and the entropy.
 
     Examples
     --------

@@ -341,7 +341,12 @@ def linear_loss_and_grad(
 ) -> tuple[Array, Array, Array, Array | None]:
     """The loss of :func:`linear_cross_entropy` and its gradients, in one pass over the chunks.
 
-    Arguments as :func:`linear_cross_entropy`.
+    Parameters
+    ----------
+    hidden, classifier, target, bias, weight, ignore_index, label_smoothing, reduction
+        As in :func:`linear_cross_entropy`.
+    z_loss, softcap, temperature, denominator, chunk_size
+        As in :func:`linear_cross_entropy`.
 
     Returns
     -------
@@ -353,6 +358,16 @@ def linear_loss_and_grad(
         d loss / d classifier, (V, H).
     d_bias : array or None
         d loss / d bias, (V,); None without a bias.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`linear_cross_entropy`.
+
+    See Also
+    --------
+    linear_cross_entropy : the loss alone.
+    xentcy.torch.linear_cross_entropy : differentiable by torch's autograd.
 
     Examples
     --------

@@ -35,6 +35,16 @@ class CrossEntropyLoss:
         logits, A / temperature soft-capped, where those options are set: the
         model's distribution).
 
+    Raises
+    ------
+    TypeError, ValueError
+        ``forward`` raises as :func:`xentcy.cross_entropy`.
+
+    See Also
+    --------
+    loss_and_grad : the fused pass the layer runs.
+    xentcy.torch.CrossEntropyLoss : a torch module, differentiable by autograd.
+
     Examples
     --------
     The spec's worked example:
@@ -96,10 +106,21 @@ class CrossEntropyLoss:
         )
 
     def forward(self, A: Any, Y: Any, *, denominator: float | None = None) -> Any:
-        """The loss of logits ``A`` against target ``Y``; keeps the gradient for :meth:`backward`.
+        """The loss of logits ``A`` against target ``Y``; keeps the gradient for
+        :meth:`~xentcy.CrossEntropyLoss.backward`.
 
-        ``denominator``: for this batch, what the mean divides by instead (see
-        :func:`xentcy.cross_entropy`), e.g. the target tokens of all micro-batches.
+        Parameters
+        ----------
+        A, Y : array
+            The logits and the target, as :func:`xentcy.cross_entropy` takes them.
+        denominator : float, optional
+            For this batch, what the mean divides by instead (see
+            :func:`xentcy.cross_entropy`), e.g. the target tokens of all micro-batches.
+
+        Returns
+        -------
+        array
+            The loss, as :func:`xentcy.cross_entropy` returns it.
         """
         loss, grad = loss_and_grad(
             A,
@@ -122,14 +143,27 @@ class CrossEntropyLoss:
     __call__ = forward
 
     def backward(self) -> Any:
-        """dL/dA of the last :meth:`forward`: (softmax(A) - Y) / N in the spec's case."""
+        """dL/dA of the last :meth:`~xentcy.CrossEntropyLoss.forward`.
+
+        Returns
+        -------
+        array
+            The gradient, of A's shape: (softmax(A) - Y) / N in the spec's case.
+        """
         if self._grad is None:
             raise RuntimeError("CrossEntropyLoss.backward() needs a forward(A, Y) call first")
         return self._grad
 
     @property
     def softmax(self) -> Any:
-        """softmax(A) along ``axis`` of the last :meth:`forward`, computed on first read."""
+        """softmax(A) along ``axis`` of the last :meth:`~xentcy.CrossEntropyLoss.forward`, computed
+        on first read (of the final logits where ``softcap`` or ``temperature`` is set).
+
+        Returns
+        -------
+        array
+            The probabilities, of A's shape.
+        """
         if self.A is None:
             raise RuntimeError("CrossEntropyLoss.softmax needs a forward(A, Y) call first")
         if self._softmax is None:

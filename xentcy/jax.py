@@ -223,15 +223,26 @@ def cross_entropy(
     target : jax.Array or int
         Class indices (the logits' shape without ``axis``) or class probabilities (the
         logits' shape).
-    axis, weight, ignore_index, label_smoothing, reduction, z_loss, softcap, temperature, \
-    denominator
-        As in :func:`xentcy.cross_entropy` (``denominator``: a number, not a traced value).
+    axis, weight, ignore_index, label_smoothing, reduction, z_loss, softcap, temperature
+        As in :func:`xentcy.cross_entropy`.
+    denominator : float, optional
+        As in :func:`xentcy.cross_entropy`: a number, not a traced value.
 
     Returns
     -------
     jax.Array
         The loss: 0-d, or per sample for ``reduction="none"``; float32 for half-precision
         logits, else the logits' dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Eagerly, as :func:`xentcy.cross_entropy`. Inside a trace a bad class index gives its
+        row a NaN loss and gradient instead.
+
+    See Also
+    --------
+    xentcy.cross_entropy : the loss of any array library, not differentiable.
 
     Examples
     --------

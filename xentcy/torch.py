@@ -254,6 +254,16 @@ def cross_entropy(
         The loss: 0-d, or per sample for ``reduction="none"``; float32 for half-precision
         logits, else the logits' dtype.
 
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`xentcy.cross_entropy`; logits that are not a torch.Tensor.
+
+    See Also
+    --------
+    CrossEntropyLoss : the same as a module.
+    xentcy.cross_entropy : the loss of any array library, not differentiable.
+
     Examples
     --------
     >>> import torch
@@ -408,14 +418,24 @@ def linear_cross_entropy(
         (V, H), hidden's dtype.
     target : torch.Tensor
         int64 class indices, hidden's shape without its last axis.
-    bias, weight, ignore_index, label_smoothing, reduction, z_loss, softcap, temperature, \
-    denominator, chunk_size
+    bias, weight, ignore_index, label_smoothing, reduction
+        As in :func:`xentcy.linear_cross_entropy`.
+    z_loss, softcap, temperature, denominator, chunk_size
         As in :func:`xentcy.linear_cross_entropy`.
 
     Returns
     -------
     torch.Tensor
         The loss: 0-d, or per row for ``reduction="none"``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`xentcy.linear_cross_entropy`.
+
+    See Also
+    --------
+    xentcy.linear_loss_and_grad : the loss and its gradients, without autograd.
 
     Examples
     --------
@@ -455,6 +475,15 @@ class CrossEntropyLoss(torch.nn.Module):
     temperature : float, default 1.0
         As in :func:`cross_entropy`.
 
+    Raises
+    ------
+    TypeError, ValueError
+        When called, as :func:`cross_entropy`.
+
+    See Also
+    --------
+    cross_entropy : the function the module calls.
+
     Examples
     --------
     >>> import torch
@@ -489,7 +518,20 @@ class CrossEntropyLoss(torch.nn.Module):
     def forward(
         self, input: torch.Tensor, target: torch.Tensor, denominator: float | None = None
     ) -> torch.Tensor:
-        """The loss; ``denominator`` as in :func:`cross_entropy` (for this batch)."""
+        """The loss of ``input`` against ``target``.
+
+        Parameters
+        ----------
+        input, target : torch.Tensor
+            As :func:`cross_entropy` takes them.
+        denominator : float, optional
+            As in :func:`cross_entropy`, for this batch.
+
+        Returns
+        -------
+        torch.Tensor
+            The loss.
+        """
         return cross_entropy(
             input,
             target,
