@@ -76,10 +76,8 @@ def log_softmax(x: Array, /, *, axis: int = -1) -> Array:
 
     Raises
     ------
-    TypeError
-        Non-floating x, or an array of no array-API library.
-    ValueError
-        A 0-d x, an axis out of range, dimensions of unknown size.
+    TypeError, ValueError
+        As :func:`softmax`.
 
     See Also
     --------
@@ -118,10 +116,8 @@ def logsumexp(x: Array, /, *, axis: int = -1, keepdims: bool = False) -> Array:
 
     Raises
     ------
-    TypeError
-        Non-floating x, or an array of no array-API library.
-    ValueError
-        A 0-d x, an axis out of range, dimensions of unknown size.
+    TypeError, ValueError
+        As :func:`softmax`.
 
     See Also
     --------

@@ -584,6 +584,18 @@ XI V XN(chain_expr)(V g, const T* d, ptrdiff_t c, ptrdiff_t n, T inv) {
     return inv != 1 ? g * inv : g;
 }
 
+/* A row g of C values to be written with streamed stores where *nt: the values before its
+ * first vector-aligned one, which are stored apart (*nt turned off where g is not even
+ * aligned to its type: then every store is a plain one). */
+XI ptrdiff_t XN(stream_head)(const T* g, ptrdiff_t C, int* nt) {
+    ptrdiff_t head = 0;
+    if (*nt && (uintptr_t)g % sizeof(T) == 0)
+        head = (ptrdiff_t)((XENT_VBYTES - (uintptr_t)g % XENT_VBYTES) % XENT_VBYTES / sizeof(T));
+    else
+        *nt = 0;
+    return head < C ? head : C;
+}
+
 /* g_c = k1 e_c - scale w_c q_c with e_c = exp(A_c - m) and k1 = scale sum_k w_k q_k / s:
  * the gradient; where chained, through the chain rule of transformed logits (chain_expr, with
  * the soft-cap's derivative dch or NULL, and inv = 1 / temperature). Where nt, g is written
@@ -594,12 +606,7 @@ XI void XN(grad_row_impl)(
     const T* dch, T inv, const int chained
 ) {
 #define XENT_GRAD(v, c, n) (chained ? XN(chain_expr)((v), dch, (c), (n), inv) : (v))
-    ptrdiff_t c = 0, head = 0;
-    if (nt && (uintptr_t)g % sizeof(T) == 0)
-        head = (ptrdiff_t)((XENT_VBYTES - (uintptr_t)g % XENT_VBYTES) % XENT_VBYTES / sizeof(T));
-    else
-        nt = 0;
-    head = head < C ? head : C;
+    ptrdiff_t c = 0, head = XN(stream_head)(g, C, &nt);
     if (head > 0) {
         XN(store_part)(g, XENT_GRAD(XN(grad_expr)(XN(load_part)(e, head, 0), XN(target_mass_part)(q, w, 0, head, onem, smooth), k1, scale), 0, head), head);
         c = head;
@@ -1241,12 +1248,7 @@ static XENT_TARGET void XN(transform_row)(const T* a, ptrdiff_t C, T inv, T inv_
 
 /* One gradient row through the chain rule, from gz (dL/dz) into g, streamed where nt (as grad_row). */
 static XENT_TARGET void XN(chain_row)(const T* gz, const T* d, ptrdiff_t C, T inv, T* g, int nt) {
-    ptrdiff_t c = 0, head = 0;
-    if (nt && (uintptr_t)g % sizeof(T) == 0)
-        head = (ptrdiff_t)((XENT_VBYTES - (uintptr_t)g % XENT_VBYTES) % XENT_VBYTES / sizeof(T));
-    else
-        nt = 0;
-    head = head < C ? head : C;
+    ptrdiff_t c = 0, head = XN(stream_head)(g, C, &nt);
     if (head > 0) {
         XN(store_part)(g, XN(chain_expr)(XN(load_part)(gz, head, 0), d, 0, head, inv), head);
         c = head;
