@@ -81,11 +81,6 @@ class CrossEntropyCall:
     temperature: float = 1.0
 
     @property
-    def transformed(self) -> bool:
-        """Whether the logits are transformed (a temperature other than 1, or a soft-cap)."""
-        return self.temperature != 1.0 or self.softcap is not None
-
-    @property
     def num_samples(self) -> int:
         return math.prod(self.batch_shape)
 

@@ -244,11 +244,7 @@ class Evaluator:
     def _final(self, xp: Namespace, logits: Array) -> Array:
         """The logits the metrics are of: divided by the temperature, then soft-capped (a new
         array where either is set)."""
-        if self.temperature != 1.0:
-            logits = logits / self.temperature
-        if self.softcap is not None:
-            logits = self.softcap * xp.tanh(logits / self.softcap)
-        return logits
+        return _generic.final_logits(xp, logits, self.softcap, self.temperature)[0]
 
     def _update(self, logits: Array, target: Array, reference: Array, weight: Array) -> None:
         st = self._state

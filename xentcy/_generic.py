@@ -101,22 +101,24 @@ def _target_rows(call: CrossEntropyCall, work: Any) -> Any:
     return q
 
 
-def _final_logits(call: CrossEntropyCall, a: Array, want_grad: bool) -> tuple[Array, Array | None]:
+def final_logits(
+    xp: Namespace, a: Array, softcap: float | None, temperature: float, want_grad: bool = False
+) -> tuple[Array, Array | None]:
     """(the logits the loss is computed on, the soft-cap's derivative or None): a divided by
-    the temperature, then soft-capped to cap tanh(x / cap). The derivative 1 - tanh^2 =
-    4e / (1 + e)^2, e = exp(-2 |x / cap|), keeps its digits where tanh rounds to 1 (and does
-    not overflow, as 1 / cosh^2 would)."""
-    xp = call.xp
-    if call.temperature != 1.0:
-        a = a / call.temperature
-    if call.softcap is None:
+    the temperature, then soft-capped to cap tanh(x / cap) (a itself where neither is set). The
+    derivative, where ``want_grad``: 1 - tanh^2 = 4e / (1 + e)^2, e = exp(-2 |x / cap|), which
+    keeps its digits where tanh rounds to 1 (and does not overflow, as 1 / cosh^2 would). Also
+    the evaluator's and CrossEntropyLoss.softmax's transform, for any library."""
+    if temperature != 1.0:
+        a = a / temperature
+    if softcap is None:
         return a, None
-    u = a / call.softcap
+    u = a / softcap
     derivative = None
     if want_grad:
         e = xp.exp(-2.0 * xp.abs(u))
         derivative = 4.0 * e / ((1.0 + e) * (1.0 + e))
-    return call.softcap * xp.tanh(u), derivative
+    return softcap * xp.tanh(u), derivative
 
 
 def cross_entropy_rows(
@@ -125,7 +127,8 @@ def cross_entropy_rows(
     """Per-sample losses (float64 where the library has it) and, where ``want_grad``, the gradient."""
     xp, logits = call.xp, call.logits
     work = _work_dtype(xp, logits.dtype)
-    a, d_logits = _final_logits(call, xp.moveaxis(xp.astype(logits, work), call.axis, -1), want_grad)
+    moved = xp.moveaxis(xp.astype(logits, work), call.axis, -1)
+    a, d_logits = final_logits(xp, moved, call.softcap, call.temperature, want_grad)
     wq = _target_rows(call, work)
     z, m = _shifted(xp, a)
     s = xp.sum(xp.exp(z), axis=-1, keepdims=True)

@@ -7,6 +7,7 @@ from typing import Any
 
 from array_api_compat import array_namespace
 
+from . import _generic
 from ._api import Reduction, loss_and_grad, softmax
 from ._typing import Array
 
@@ -167,11 +168,7 @@ class CrossEntropyLoss:
         if self.A is None:
             raise RuntimeError("CrossEntropyLoss.softmax needs a forward(A, Y) call first")
         if self._softmax is None:
-            a = self.A
-            if self.temperature != 1.0 or self.softcap is not None:
-                xp = array_namespace(a)
-                a = a / self.temperature
-                if self.softcap is not None:
-                    a = self.softcap * xp.tanh(a / self.softcap)
+            # (of the final logits: A itself without a temperature or a soft-cap)
+            a, _ = _generic.final_logits(array_namespace(self.A), self.A, self.softcap, self.temperature)
             self._softmax = softmax(a, axis=self.axis)
         return self._softmax

@@ -218,6 +218,19 @@ cdef inline int _dtype(floating* unused) noexcept nogil:
     return 0 if floating is float else 1
 
 
+cdef xent_rows_fn _cross_entropy_fn(
+    double temperature, double softcap, int dtype, Py_ssize_t C, Py_ssize_t itemsize, Py_ssize_t* values
+) noexcept nogil:
+    """The cross-entropy rows' kernel of a call (of transformed logits, cross_entropy_tx, where it
+    has a temperature or a soft-cap; the plain one otherwise), and into ``values`` the scratch
+    values of ``itemsize`` bytes a thread of it needs."""
+    if temperature != 1.0 or softcap > 0:
+        values[0] = xent_tx_scratch(C, itemsize)
+        return _kernels.cross_entropy_tx[dtype]
+    values[0] = C + C // 64 + 2
+    return _kernels.cross_entropy[dtype]
+
+
 cdef void _run_cross_entropy(
     xent_args* k, floating[:, :] G, double[::1] loss, Py_ssize_t N, Py_ssize_t C
 ):
@@ -228,11 +241,11 @@ cdef void _run_cross_entropy(
     k.per_row_out = &loss[0]
     k.C = C
     k.nt_store = _stream(G is not None, N, C * <Py_ssize_t>sizeof(floating))
-    if k.temperature != 1.0 or k.softcap > 0:
-        _run_with_scratch(_kernels.cross_entropy_tx[_dtype(<floating*>NULL)], k, N, C, sizeof(floating),
-                          xent_tx_scratch(C, sizeof(floating)))
-    else:
-        _run_with_scratch(_kernels.cross_entropy[_dtype(<floating*>NULL)], k, N, C, sizeof(floating))
+    cdef Py_ssize_t values
+    cdef xent_rows_fn fn = _cross_entropy_fn(
+        k.temperature, k.softcap, _dtype(<floating*>NULL), C, sizeof(floating), &values
+    )
+    _run_with_scratch(fn, k, N, C, sizeof(floating), values)
 
 
 cdef _check_logits(const floating[:, :] A, Py_ssize_t n_out):
@@ -506,13 +519,12 @@ cdef XLA_FFI_Error* _xla_cross_entropy(XLA_FFI_CallFrame* frame) noexcept nogil:
     cdef xent_xla_call c
     cdef xent_args k
     cdef const char* problem
-    cdef Py_ssize_t N, C, i, itemsize, scratch_stride
+    cdef Py_ssize_t N, C, i, itemsize, values
     cdef double d, total = 0.0, scale = 1.0
     cdef double* rows = NULL
     cdef ptrdiff_t* y = NULL
     cdef char* scratch = NULL
     cdef int n_threads
-    cdef bint transformed
     cdef xent_rows_fn fn
     if xent_xla_metadata(frame):
         return NULL
@@ -526,10 +538,9 @@ cdef XLA_FFI_Error* _xla_cross_entropy(XLA_FFI_CallFrame* frame) noexcept nogil:
         scale = 0.0 if d == 0 else (NAN if isinf(d) else 1.0 / d)
     if N > 0:
         n_threads = _threads(N, C)
-        transformed = c.temperature != 1.0 or c.softcap > 0
-        scratch_stride = (xent_tx_scratch(C, itemsize) if transformed else C + C // 64 + 2) * itemsize
+        fn = _cross_entropy_fn(c.temperature, c.softcap, 1 if c.f64 else 0, C, itemsize, &values)
         rows = <double*>malloc(N * sizeof(double))
-        scratch = <char*>malloc(n_threads * scratch_stride)
+        scratch = <char*>malloc(n_threads * values * itemsize)
         if c.y != NULL:
             y = <ptrdiff_t*>malloc(N * sizeof(ptrdiff_t))
         if rows == NULL or scratch == NULL or (c.y != NULL and y == NULL):
@@ -541,7 +552,6 @@ cdef XLA_FFI_Error* _xla_cross_entropy(XLA_FFI_CallFrame* frame) noexcept nogil:
             for i in range(N):
                 y[i] = <ptrdiff_t>xent_xla_index(&c, i)
         memset(&k, 0, sizeof(xent_args))
-        k.temperature = 1.0
         k.A = c.A
         k.a_stride = C * itemsize
         k.y = y
@@ -561,8 +571,7 @@ cdef XLA_FFI_Error* _xla_cross_entropy(XLA_FFI_CallFrame* frame) noexcept nogil:
         k.per_row_out = rows
         k.C = C
         k.nt_store = _stream(c.G != NULL, N, C * itemsize)
-        fn = _kernels.cross_entropy_tx[1 if c.f64 else 0] if transformed else _kernels.cross_entropy[1 if c.f64 else 0]
-        _run(fn, &k, N, n_threads, scratch, scratch_stride)
+        _run(fn, &k, N, n_threads, scratch, values * itemsize)
         free(scratch)
         free(y)
     if c.reduction == 2:
